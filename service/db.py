@@ -1,0 +1,120 @@
+"""The PostgreSQL side: the asyncpg pool's lifecycle, the named queries in sql/, and migrations."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiosql
+import asyncpg
+from aiohttp import web
+from yoyo import get_backend, read_migrations
+
+from service.keys import PG_POOL, SETTINGS
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+SQL_DIR = PROJECT_DIR / "sql"
+MIGRATIONS_DIR = PROJECT_DIR / "migrations"
+
+# Read once at import, before any event loop runs; every file's queries share one namespace:
+# queries.get_task(conn, user_id=..., task_id=...).
+queries = aiosql.from_path(SQL_DIR, "asyncpg")
+
+# Errors that mean "the database cannot serve this now", answered 503 with Retry-After rather
+# than 500: it is refused, gone, restarting, overloaded, or too slow.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+)
+
+log = logging.getLogger(__name__)
+
+
+def hide_password(url: str) -> str:
+    """The URL with its password replaced, fit for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connection(request: web.Request) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    """A pooled connection, waited for at most DB_ACQUIRE_TIMEOUT seconds."""
+    app = request.app
+    return app[PG_POOL].acquire(timeout=app[SETTINGS].db_acquire_timeout)
+
+
+async def pg_pool(app: web.Application) -> AsyncIterator[None]:
+    """Open the pool at start-up and close it at shutdown.
+
+    A database that is down at start-up does not stop the service: requests answer 503 and
+    /readyz reports it until the pool can connect again.
+    """
+    settings = app[SETTINGS]
+    log.info("connecting to PostgreSQL", extra={"database": hide_password(settings.database_url)})
+    options = {
+        "dsn": settings.database_url,
+        "max_size": settings.db_pool_max_size,
+        "command_timeout": settings.db_command_timeout,
+        "timeout": settings.db_acquire_timeout,
+    }
+    try:
+        pool = await asyncpg.create_pool(min_size=settings.db_pool_min_size, **options)
+        await pool.fetchval("SELECT 1")
+    except UNAVAILABLE_ERRORS as error:
+        log.warning("PostgreSQL is unreachable at start-up: %s", type(error).__name__)
+        pool = await asyncpg.create_pool(min_size=0, **options)
+    app[PG_POOL] = pool
+    try:
+        yield
+    finally:
+        await asyncio.wait_for(pool.close(), timeout=settings.db_command_timeout)
+
+
+def _yoyo_url(database_url: str) -> str:
+    # yoyo is synchronous; it talks to PostgreSQL through psycopg 3.
+    return "postgresql+psycopg://" + database_url.split("://", 1)[1]
+
+
+def migrate(database_url: str) -> list[str]:
+    """Apply every pending migration under yoyo's lock; returns the ids applied.
+
+    Blocking: call it before the event loop starts. Two instances starting together are
+    safe: the second waits for the lock, then finds nothing left to apply.
+    """
+    backend = get_backend(_yoyo_url(database_url))
+    try:
+        migrations = read_migrations(str(MIGRATIONS_DIR))
+        with backend.lock(timeout=60):
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+        return [migration.id for migration in pending]
+    finally:
+        backend.connection.close()
+
+
+def rollback(database_url: str, count: int | None = None) -> list[str]:
+    """Roll back the newest `count` applied migrations (all when None); returns their ids."""
+    backend = get_backend(_yoyo_url(database_url))
+    try:
+        migrations = read_migrations(str(MIGRATIONS_DIR))
+        with backend.lock(timeout=60):
+            applied = backend.to_rollback(migrations)
+            chosen = applied[:count] if count is not None else applied
+            backend.rollback_migrations(chosen)
+        return [migration.id for migration in chosen]
+    finally:
+        backend.connection.close()
+
+
+# The schema's head, which /readyz compares with what the database has applied.
+HEAD_MIGRATIONS = frozenset(migration.id for migration in read_migrations(str(MIGRATIONS_DIR)))

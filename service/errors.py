@@ -1,0 +1,104 @@
+"""Every error the service answers, as an RFC 9457 application/problem+json document."""
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from marshmallow import ValidationError
+
+from service.db import UNAVAILABLE_ERRORS
+from service.keys import REQUEST_ID, SETTINGS
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = "2"
+
+log = logging.getLogger(__name__)
+
+
+class Problem(Exception):
+    """An error answer: raise it anywhere in a request and the middleware sends it."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+        self.headers = dict(headers or {})
+
+
+def problem_response(request: web.Request, problem: Problem) -> web.Response:
+    """The problem+json answer for `problem`, with the request id to quote to support."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(problem.status).phrase,
+        "status": problem.status,
+        "detail": problem.detail,
+        "request_id": request.get(REQUEST_ID, ""),
+    }
+    if problem.errors is not None:
+        body["errors"] = problem.errors
+    return web.Response(
+        status=problem.status,
+        body=orjson.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=problem.headers,
+    )
+
+
+# What aiohttp's own HTTP errors mean, said for a client.
+_HTTP_DETAILS = {
+    404: "There is no resource at this URL.",
+    405: "This URL does not accept the {method} method.",
+    413: "The request body is larger than the {limit} bytes allowed.",
+}
+
+
+def _from_http_exception(request: web.Request, error: web.HTTPException) -> Problem:
+    headers = {}
+    if "Allow" in error.headers:
+        headers["Allow"] = error.headers["Allow"]
+    template = _HTTP_DETAILS.get(error.status, HTTPStatus(error.status).description + ".")
+    detail = template.format(method=request.method, limit=request.app[SETTINGS].max_body_bytes)
+    return Problem(error.status, detail, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure of a request into a problem+json answer that reveals nothing internal."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(request, problem)
+    except ValidationError as error:
+        fields = sorted(key for key in error.normalized_messages() if key != "_schema")
+        detail = f"Invalid fields: {', '.join(fields)}." if fields else "The request is invalid."
+        errors = error.normalized_messages()
+        return problem_response(request, Problem(400, detail, errors=errors))
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return problem_response(request, _from_http_exception(request, error))
+    except UNAVAILABLE_ERRORS as error:
+        log.warning("database unavailable: %s", type(error).__name__)
+        return problem_response(
+            request,
+            Problem(
+                503,
+                "The database is unavailable; try again shortly.",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            ),
+        )
+    except Exception:
+        log.exception("unhandled error")
+        return problem_response(request, Problem(500, "An unexpected error occurred."))

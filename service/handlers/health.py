@@ -1,0 +1,38 @@
+"""Probes for load balancers and orchestrators: liveness and readiness."""
+
+import asyncio
+
+import asyncpg
+from aiohttp import web
+
+from service.db import HEAD_MIGRATIONS, UNAVAILABLE_ERRORS, queries
+from service.errors import RETRY_AFTER_SECONDS, Problem
+from service.keys import PG_POOL
+from service.schemas import json_response
+
+READY_TIMEOUT_SECONDS = 2.0
+
+
+def _not_ready(reason: str) -> Problem:
+    return Problem(503, f"Not ready: {reason}.", headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and serving; the database is not consulted."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """The database answers and its schema is at the head migration; 503 otherwise."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            async with request.app[PG_POOL].acquire() as conn:
+                rows = [row async for row in queries.applied_migrations(conn)]
+    except asyncpg.UndefinedTableError:
+        rows = []
+    except UNAVAILABLE_ERRORS:
+        raise _not_ready("the database is unreachable") from None
+    missing = HEAD_MIGRATIONS - {row["migration_id"] for row in rows}
+    if missing:
+        raise _not_ready(f"{len(missing)} migration(s) are not applied")
+    return json_response({"status": "ok"})

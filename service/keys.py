@@ -1,0 +1,15 @@
+"""Every typed key for application and request state, in one place."""
+
+import asyncpg
+from aiohttp import web
+
+from service.settings import Settings
+
+SETTINGS = web.AppKey("SETTINGS", Settings)
+PG_POOL = web.AppKey("PG_POOL", asyncpg.Pool)
+# A password hash of a random password, verified when a login names an unknown email so that
+# answering "no such user" costs as much time as answering "wrong password".
+DUMMY_PASSWORD_HASH = web.AppKey("DUMMY_PASSWORD_HASH", str)
+
+USER_ID = web.RequestKey("USER_ID", int)
+REQUEST_ID = web.RequestKey("REQUEST_ID", str)

@@ -1,0 +1,23 @@
+"""The route table: every URL the service answers, each with a name used to build links."""
+
+from aiohttp import web
+
+from service.handlers import auth, health, tasks
+
+USER_TASKS = "/api/{user_id:[0-9]+}/tasks"
+USER_TASK = USER_TASKS + "/{task_id:[0-9]+}"
+
+
+def setup_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/healthz", health.healthz, name="healthz", allow_head=False)
+    router.add_get("/readyz", health.readyz, name="readyz", allow_head=False)
+    router.add_post("/api/auth/register", auth.register, name="register")
+    router.add_post("/api/auth/login", auth.login, name="login")
+    router.add_get("/api/auth/me", auth.me, name="me", allow_head=False)
+    router.add_get(USER_TASKS, tasks.list_tasks, name="tasks", allow_head=False)
+    router.add_post(USER_TASKS, tasks.create_task, name="create_task")
+    router.add_get(USER_TASK, tasks.get_task, name="task", allow_head=False)
+    router.add_put(USER_TASK, tasks.update_task, name="update_task")
+    router.add_delete(USER_TASK, tasks.delete_task, name="delete_task")
+    router.add_patch(USER_TASK + "/complete", tasks.complete_task, name="complete_task")

@@ -1,0 +1,123 @@
+"""Every setting the service reads from the environment: read once, validated, with defaults."""
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
+MIN_SECRET_BYTES = 32
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """A variable is missing or malformed; the message names it and is safe to print."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str
+    jwt_secret: str = dataclasses.field(repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+    log_format: str = "json"
+    db_pool_min_size: int = 2
+    db_pool_max_size: int = 10
+    db_acquire_timeout: float = 5.0
+    db_command_timeout: float = 30.0
+    jwt_ttl_seconds: int = 3600
+    jwt_leeway_seconds: int = 10
+    max_body_bytes: int = 64 * 1024
+    migrate_on_start: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from environment variables, naming the first bad one on error."""
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        secret = jwt_secret_from_env(env)
+        database_url = reader.text("DATABASE_URL", default="")
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError("DATABASE_URL must be set to a postgresql:// URL")
+        pool_min = reader.integer("DB_POOL_MIN_SIZE", cls.db_pool_min_size, minimum=0)
+        pool_max = reader.integer("DB_POOL_MAX_SIZE", cls.db_pool_max_size, minimum=1)
+        if pool_min > pool_max:
+            raise SettingsError("DB_POOL_MIN_SIZE must not be larger than DB_POOL_MAX_SIZE")
+        return cls(
+            database_url=database_url,
+            jwt_secret=secret,
+            host=reader.text("HOST", cls.host),
+            port=reader.integer("PORT", cls.port, minimum=1, maximum=65535),
+            log_level=reader.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
+            log_format=reader.choice("LOG_FORMAT", cls.log_format, ("json", "text")),
+            db_pool_min_size=pool_min,
+            db_pool_max_size=pool_max,
+            db_acquire_timeout=reader.number("DB_ACQUIRE_TIMEOUT", cls.db_acquire_timeout),
+            db_command_timeout=reader.number("DB_COMMAND_TIMEOUT", cls.db_command_timeout),
+            jwt_ttl_seconds=reader.integer("JWT_TTL_SECONDS", cls.jwt_ttl_seconds, minimum=60),
+            jwt_leeway_seconds=reader.integer(
+                "JWT_LEEWAY_SECONDS", cls.jwt_leeway_seconds, minimum=0, maximum=300
+            ),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
+            migrate_on_start=reader.boolean("MIGRATE_ON_START", cls.migrate_on_start),
+        )
+
+    @property
+    def log_level_number(self) -> int:
+        return logging.getLevelNamesMapping()[self.log_level]
+
+
+def jwt_secret_from_env(env: Mapping[str, str]) -> str:
+    """JWT_SECRET, or BETTER_AUTH_SECRET (the original frontend's name); at least 32 bytes."""
+    secret = env.get("JWT_SECRET", "").strip() or env.get("BETTER_AUTH_SECRET", "").strip()
+    if not secret:
+        raise SettingsError("JWT_SECRET is not set (BETTER_AUTH_SECRET is also read)")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
+    return secret
+
+
+class _Reader:
+    """Parses one environment mapping; every error names the variable it is about."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self.env.get(name, "").strip() or default
+
+    def _parse(self, name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except (ValueError, KeyError):
+            raise SettingsError(f"{name} must be {expected}, got {raw!r}") from None
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        value = self._parse(name, default, int, "an integer")
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise SettingsError(f"{name} must be {bounds}, got {value}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        value = self._parse(name, default, float, "a number of seconds")
+        if not 0 < value < 3600:
+            raise SettingsError(f"{name} must be more than 0 and less than 3600 seconds, got {value}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        normalised = value.upper() if choices == LOG_LEVELS else value.lower()
+        if normalised not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return normalised
+
+    def boolean(self, name: str, default: bool) -> bool:
+        flags = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+        return self._parse(name, default, lambda raw: flags[raw.lower()], "one of 1, 0, true, false")
