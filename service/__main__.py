@@ -16,7 +16,7 @@ from service.app import create_app
 from service.auth import mint_token
 from service.db import PROJECT_DIR, hide_password, migrate
 from service.devdb import EmbeddedPostgres, EmbeddedPostgresError
-from service.logs import AccessLogger, configure_logging
+from service.logs import configure_logging
 from service.settings import Settings, SettingsError, jwt_secret_from_env
 
 DEV_DIR = PROJECT_DIR / ".dev"
@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print an access token signed with JWT_SECRET")
     token.add_argument("--user-id", type=int, required=True)
     token.add_argument("--ttl", type=int, default=None, help="seconds (default JWT_TTL_SECONDS)")
-    token.add_argument("--dev", action="store_true", help="sign with the development secret when JWT_SECRET is unset")
+    token.add_argument(
+        "--dev", action="store_true", help="sign with the development secret when JWT_SECRET is unset"
+    )
     return parser
 
 
@@ -110,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
                 create_app(settings),
                 host=settings.host,
                 port=settings.port,
-                access_log_class=AccessLogger,
                 print=None,
             )
     return 0

@@ -82,7 +82,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except InvalidToken as error:
         raise unauthorized(str(error), invalid=True) from None
     path_user = match_info.get("user_id")
-    if path_user is not None and int(path_user) != user_id:
+    # Compared as text: the path may hold any number of digits, too many for int() to parse.
+    if path_user is not None and path_user != str(user_id):
         raise Problem(403, "The token does not give access to this user's tasks.")
     request[USER_ID] = user_id
     return await handler(request)
@@ -96,9 +97,7 @@ async def hash_password(password: str) -> str:
 async def check_password(password_hash: str, password: str) -> bool:
     """Whether the password matches the hash, computed off the event loop."""
     try:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, _hasher.verify, password_hash, password
-        )
+        return await asyncio.get_running_loop().run_in_executor(None, _hasher.verify, password_hash, password)
     except argon2.exceptions.VerificationError:
         return False
     except argon2.exceptions.InvalidHashError:

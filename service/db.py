@@ -2,15 +2,18 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aiosql
 import asyncpg
 from aiohttp import web
 from yoyo import get_backend, read_migrations
+from yoyo.backends import DatabaseBackend
+from yoyo.migrations import MigrationList
 
 from service.keys import PG_POOL, SETTINGS
 
@@ -50,7 +53,8 @@ def hide_password(url: str) -> str:
 def connection(request: web.Request) -> AbstractAsyncContextManager[asyncpg.Connection]:
     """A pooled connection, waited for at most DB_ACQUIRE_TIMEOUT seconds."""
     app = request.app
-    return app[PG_POOL].acquire(timeout=app[SETTINGS].db_acquire_timeout)
+    acquiring = app[PG_POOL].acquire(timeout=app[SETTINGS].db_acquire_timeout)
+    return cast(AbstractAsyncContextManager[asyncpg.Connection], acquiring)
 
 
 async def pg_pool(app: web.Application) -> AsyncIterator[None]:
@@ -80,40 +84,35 @@ async def pg_pool(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(pool.close(), timeout=settings.db_command_timeout)
 
 
-def _yoyo_url(database_url: str) -> str:
+@contextmanager
+def _migrations_locked(database_url: str) -> Iterator[tuple[DatabaseBackend, MigrationList]]:
     # yoyo is synchronous; it talks to PostgreSQL through psycopg 3.
-    return "postgresql+psycopg://" + database_url.split("://", 1)[1]
-
-
-def migrate(database_url: str) -> list[str]:
-    """Apply every pending migration under yoyo's lock; returns the ids applied.
-
-    Blocking: call it before the event loop starts. Two instances starting together are
-    safe: the second waits for the lock, then finds nothing left to apply.
-    """
-    backend = get_backend(_yoyo_url(database_url))
+    backend = get_backend("postgresql+psycopg://" + database_url.split("://", 1)[1])
     try:
-        migrations = read_migrations(str(MIGRATIONS_DIR))
         with backend.lock(timeout=60):
-            pending = backend.to_apply(migrations)
-            backend.apply_migrations(pending)
-        return [migration.id for migration in pending]
+            yield backend, read_migrations(str(MIGRATIONS_DIR))
     finally:
         backend.connection.close()
+
+
+def migrate(database_url: str, count: int | None = None) -> list[str]:
+    """Apply the next `count` pending migrations (all when None) under yoyo's lock.
+
+    Returns the ids applied. Blocking: call it before the event loop starts. Two instances
+    starting together are safe: the second waits for the lock, then finds nothing to apply.
+    """
+    with _migrations_locked(database_url) as (backend, migrations):
+        pending = backend.to_apply(migrations)[:count]
+        backend.apply_migrations(pending)
+    return [migration.id for migration in pending]
 
 
 def rollback(database_url: str, count: int | None = None) -> list[str]:
     """Roll back the newest `count` applied migrations (all when None); returns their ids."""
-    backend = get_backend(_yoyo_url(database_url))
-    try:
-        migrations = read_migrations(str(MIGRATIONS_DIR))
-        with backend.lock(timeout=60):
-            applied = backend.to_rollback(migrations)
-            chosen = applied[:count] if count is not None else applied
-            backend.rollback_migrations(chosen)
-        return [migration.id for migration in chosen]
-    finally:
-        backend.connection.close()
+    with _migrations_locked(database_url) as (backend, migrations):
+        applied = backend.to_rollback(migrations)[:count]
+        backend.rollback_migrations(applied)
+    return [migration.id for migration in applied]
 
 
 # The schema's head, which /readyz compares with what the database has applied.

@@ -7,6 +7,7 @@ the data folder up to `/`, a root caller runs the server in a user namespace whe
 appear to belong to the unprivileged `nobody`. Nothing outside the data folder is touched.
 """
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -79,7 +80,9 @@ class EmbeddedPostgres:
 
     def _run(self, tool: str, *args: str) -> None:
         command = _as_unprivileged([str(_bin_dir() / tool), *args])
-        result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT_SECONDS)
+        result = subprocess.run(
+            command, check=False, capture_output=True, text=True, timeout=START_TIMEOUT_SECONDS
+        )
         if result.returncode != 0:
             raise EmbeddedPostgresError(
                 f"{tool} failed (exit {result.returncode}): {result.stderr.strip()[-500:]}; "
@@ -97,10 +100,8 @@ class EmbeddedPostgres:
         if (self.pgdata / "postmaster.pid").exists():
             # Left behind by a run that was killed: stop it, so this run owns the server it uses.
             # When its process is already gone pg_ctl says so, and `start` cleans up after it.
-            try:
+            with contextlib.suppress(EmbeddedPostgresError):
                 self.stop()
-            except EmbeddedPostgresError:
-                pass
         self.port = _free_port()
         # No Unix socket (-k ''): its path could exceed the OS limit inside deep project folders.
         options = f"-h 127.0.0.1 -p {self.port} -k ''"

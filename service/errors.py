@@ -3,7 +3,7 @@
 import logging
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -81,9 +81,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Problem as problem:
         return problem_response(request, problem)
     except ValidationError as error:
-        fields = sorted(key for key in error.normalized_messages() if key != "_schema")
+        errors = cast(dict[str, Any], error.normalized_messages())  # type: ignore[no-untyped-call]
+        fields = sorted(key for key in errors if key != "_schema")
         detail = f"Invalid fields: {', '.join(fields)}." if fields else "The request is invalid."
-        errors = error.normalized_messages()
         return problem_response(request, Problem(400, detail, errors=errors))
     except web.HTTPException as error:
         if error.status < 400:

@@ -125,8 +125,9 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        # orjson's message says where and why (bad UTF-8, a lone surrogate, too deep, ...)
-        raise Problem(400, f"The request body is not valid JSON: {error}") from None
+        # Bad syntax, bad UTF-8, a lone surrogate (PostgreSQL cannot store one), nesting too deep.
+        where = f"line {error.lineno}, column {error.colno}"
+        raise Problem(400, f"The request body is not valid UTF-8 JSON (at {where}).") from None
     if not isinstance(document, dict):
         raise Problem(400, "The request body must be a JSON object.")
     result: dict[str, Any] = schema.load(document)
@@ -135,4 +136,6 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON answer, serialised with orjson."""
-    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON_CONTENT_TYPE, headers=headers)
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type=JSON_CONTENT_TYPE, headers=headers
+    )

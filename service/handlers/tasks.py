@@ -15,13 +15,14 @@ log = logging.getLogger(__name__)
 
 
 def _task_id(request: web.Request) -> int:
-    task_id = int(request.match_info["task_id"])
-    if task_id > BIGINT_MAX:  # no task can have it, and PostgreSQL would refuse the parameter
-        raise _not_found(task_id)
-    return task_id
+    raw = request.match_info["task_id"]
+    # No task has an id beyond bigint; PostgreSQL would refuse it, and int() refuses 4,300 digits.
+    if len(raw) > len(str(BIGINT_MAX)) or int(raw) > BIGINT_MAX:
+        raise _not_found(raw)
+    return int(raw)
 
 
-def _not_found(task_id: int) -> Problem:
+def _not_found(task_id: int | str) -> Problem:
     # The same answer whether the task never existed or belongs to someone else.
     return Problem(404, f"Task {task_id} was not found.")
 

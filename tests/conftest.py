@@ -1,0 +1,279 @@
+"""Fixtures: a real PostgreSQL (TEST_DATABASE_URL's server or an embedded one), a rolled-back
+transaction per test, real tokens, and an HTTP client that checks every answer against
+openapi.yaml."""
+
+import asyncio
+import dataclasses
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import argon2
+import asyncpg
+import orjson
+import psycopg
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from jsonschema import Draft202012Validator
+from openapi_core import Config, OpenAPI
+from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
+from openapi_core.templating.responses.exceptions import ResponseNotFound
+from openapi_core.testing import MockRequest, MockResponse
+from openapi_core.validation.request.exceptions import ParameterValidationError
+
+from service.app import create_app
+from service.auth import mint_token
+from service.db import PROJECT_DIR, migrate, pg_pool
+from service.devdb import EmbeddedPostgres
+from service.keys import PG_POOL
+from service.settings import Settings
+
+SPEC_PATH = PROJECT_DIR / "openapi.yaml"
+SPEC_DOCUMENT = yaml.safe_load(SPEC_PATH.read_text())
+# openapi-core reads application/json by itself; problem documents are JSON too.
+OPENAPI = OpenAPI.from_dict(
+    SPEC_DOCUMENT, config=Config(extra_media_type_deserializers={"application/problem+json": orjson.loads})
+)
+PROBLEM_SCHEMA = Draft202012Validator(SPEC_DOCUMENT["components"]["schemas"]["Problem"])
+TEST_SECRET = "test-secret-long-enough-for-hs256-and-for-the-hs512-attack-case-0123456789"
+PASSWORD = "correct horse battery staple"
+PASSWORD_HASH = argon2.PasswordHasher().hash(PASSWORD)
+
+
+def database_url_for(server_url: str, database: str) -> str:
+    """`server_url` pointed at another database on the same server."""
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A PostgreSQL server to make test databases on: TEST_DATABASE_URL's, or an embedded one."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="taskapi-test-pg-") as data_dir,
+        EmbeddedPostgres(Path(data_dir), durable=False) as embedded_url,
+    ):
+        yield embedded_url
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """Create an empty database on the server, yield its URL, drop it afterwards."""
+    name = f"taskapi_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield database_url_for(server_url, name)
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server_url: str) -> Iterator[str]:
+    """This session's own database, migrated to head."""
+    with fresh_database(pg_server_url) as url:
+        migrate(url)
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(pg_server_url: str) -> Iterator[str]:
+    """A database of this test's own, with no schema at all."""
+    with fresh_database(pg_server_url) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, jwt_secret=TEST_SECRET)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection inside a transaction that is rolled back when the test ends."""
+    conn = await asyncpg.connect(database_url)
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield conn
+    finally:
+        await transaction.rollback()
+        await conn.close()
+
+
+class OneConnectionPool:
+    """Stands in for the app's pool: hands out the test's connection, one request at a time,
+    so everything a test does happens inside its rolled-back transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
+
+    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return self._lease()
+
+    @asynccontextmanager
+    async def _lease(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._lock:
+            yield self._conn
+
+
+@dataclasses.dataclass
+class Answer:
+    status: int
+    headers: Any
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @property
+    def content_type(self) -> str:
+        return str(self.headers.get("Content-Type", "")).split(";")[0].strip()
+
+
+class ApiClient:
+    """Real HTTP through aiohttp's test client; every answer is checked against openapi.yaml."""
+
+    def __init__(self, client: TestClient[web.Request, web.Application]) -> None:
+        self.client = client
+        self.app = client.app
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        json: Any = ...,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
+        request_headers = dict(headers or {})
+        if token is not None:
+            request_headers["Authorization"] = f"Bearer {token}"
+        if json is not ...:
+            data = orjson.dumps(json)
+            request_headers.setdefault("Content-Type", "application/json")
+        async with self.client.request(method, path, data=data, headers=request_headers) as response:
+            answer = Answer(response.status, response.headers, await response.read())
+        check_contract(method, path, request_headers, data, answer)
+        return answer
+
+    async def get(self, path: str, **kwargs: Any) -> Answer:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> Answer:
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> Answer:
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str, **kwargs: Any) -> Answer:
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> Answer:
+        return await self.request("DELETE", path, **kwargs)
+
+
+def check_contract(
+    method: str, path: str, request_headers: dict[str, str], data: bytes | None, answer: Answer
+) -> None:
+    """Fail unless the answer is one openapi.yaml allows for this request."""
+    url = urlsplit(path)
+    request = MockRequest(
+        "http://localhost",
+        method,
+        url.path,
+        args={key: values[0] for key, values in parse_qs(url.query).items()},
+        headers=request_headers,
+        data=data,
+        content_type=request_headers.get("Content-Type", ""),
+    )
+    response = MockResponse(
+        answer.body, status_code=answer.status, headers=dict(answer.headers), content_type=answer.content_type
+    )
+    assert "X-Request-Id" in answer.headers
+    try:
+        OPENAPI.validate_response(request, response)
+    except (PathNotFound, OperationNotFound, ResponseNotFound) as error:
+        # No spec lists an unknown URL or method, nor a URL whose path parameter has the wrong
+        # type (/api/me/tasks): that much must be true of the request, and the answer must
+        # still be a problem document.
+        if isinstance(error, ResponseNotFound):
+            request_errors = OPENAPI.iter_request_errors(request)
+            assert any(isinstance(e, ParameterValidationError) for e in request_errors), error
+        assert answer.status in (404, 405), answer
+        assert answer.content_type == "application/problem+json"
+        PROBLEM_SCHEMA.validate(answer.json)
+
+
+@pytest.fixture
+def make_app(settings: Settings, db: asyncpg.Connection) -> Any:
+    """Build the app with the test's settings, its pool replaced by the test's connection."""
+
+    def build(**overrides: Any) -> web.Application:
+        app = create_app(dataclasses.replace(settings, **overrides))
+
+        async def test_pool(app: web.Application) -> AsyncIterator[None]:
+            app[PG_POOL] = OneConnectionPool(db)  # type: ignore[assignment]
+            yield
+
+        app.cleanup_ctx[app.cleanup_ctx.index(pg_pool)] = test_pool
+        return app
+
+    return build
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, make_app: Any) -> ApiClient:
+    return ApiClient(await aiohttp_client(make_app()))
+
+
+@dataclasses.dataclass
+class User:
+    id: int
+    email: str
+    token: str
+
+    @property
+    def tasks(self) -> str:
+        return f"/api/{self.id}/tasks"
+
+
+@pytest.fixture
+def make_user(db: asyncpg.Connection) -> Any:
+    """Insert a user straight into the database and mint a real token for them."""
+
+    async def create(email: str | None = None) -> User:
+        email = email or f"{uuid.uuid4().hex[:10]}@example.com"
+        user_id = await db.fetchval(
+            "INSERT INTO users (email, name, password_hash) VALUES ($1, $2, $3) RETURNING id",
+            email,
+            "Test User",
+            PASSWORD_HASH,
+        )
+        return User(user_id, email, mint_token(user_id, TEST_SECRET, 600))
+
+    return create
+
+
+@pytest.fixture
+async def alice(make_user: Any) -> User:
+    return await make_user()
+
+
+@pytest.fixture
+async def bob(make_user: Any) -> User:
+    return await make_user()

@@ -1,0 +1,120 @@
+"""Errors: every failure is problem+json, hostile bytes get a 4xx, nothing internal leaks."""
+
+import logging
+
+import pytest
+from aiohttp import web
+
+from service.errors import PROBLEM_CONTENT_TYPE
+from service.keys import SETTINGS
+from tests.conftest import ApiClient, User
+
+
+async def test_unknown_url_is_a_404_problem(api: ApiClient) -> None:
+    answer = await api.get("/no/such/thing")
+    assert answer.status == 404
+    assert answer.content_type == PROBLEM_CONTENT_TYPE
+    assert answer.json["status"] == 404
+    assert answer.json["request_id"] == answer.headers["X-Request-Id"]
+
+
+async def test_wrong_method_is_a_405_problem_with_allow(api: ApiClient, alice: User) -> None:
+    answer = await api.request("PATCH", alice.tasks, token=alice.token)
+    assert answer.status == 405
+    assert set(answer.headers["Allow"].split(",")) == {"GET", "POST"}
+    assert answer.content_type == PROBLEM_CONTENT_TYPE
+
+
+async def test_a_body_over_the_limit_is_413(api: ApiClient, alice: User) -> None:
+    limit = api.app[SETTINGS].max_body_bytes
+    answer = await api.post(alice.tasks, token=alice.token, json={"title": "t", "description": "d" * limit})
+    assert answer.status == 413
+    assert str(limit) in answer.json["detail"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
+async def test_a_body_that_is_not_json_is_415(api: ApiClient, alice: User, content_type: str) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = await api.post(alice.tasks, token=alice.token, data=b'{"title": "t"}', headers=headers)
+    assert answer.status == 415
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b'{"title": "t",}',
+        b"\xff\xfe\x00t",
+        b'{"title": "\xc3\x28"}',  # invalid UTF-8 inside a string
+        b'{"title": "\\ud800"}',  # a lone surrogate, which PostgreSQL cannot store
+        b"[1, 2]",
+        b"42",
+        b'"title"',
+        b"null",
+        b"[" * 5000 + b"]" * 5000,
+        b'{"title": NaN}',
+    ],
+)
+async def test_malformed_bodies_are_400(api: ApiClient, alice: User, body: bytes) -> None:
+    answer = await api.post(
+        alice.tasks, token=alice.token, data=body, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status == 400
+    assert answer.content_type == PROBLEM_CONTENT_TYPE
+
+
+@pytest.mark.parametrize("field", ["title", "description"])
+async def test_a_nul_character_is_a_400_naming_the_field(api: ApiClient, alice: User, field: str) -> None:
+    body = {"title": "ok", field: "bad\x00byte"}
+    answer = await api.post(alice.tasks, token=alice.token, json=body)
+    assert answer.status == 400
+    assert list(answer.json["errors"]) == [field]
+
+
+async def test_huge_numbers_in_fields_are_400(api: ApiClient, alice: User) -> None:
+    body = b'{"title": "t", "completed": 123456789012345678901234567890}'
+    answer = await api.post(
+        alice.tasks, token=alice.token, data=body, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status == 400
+    assert "completed" in answer.json["errors"]
+
+
+async def test_sql_looking_text_is_stored_verbatim(api: ApiClient, alice: User) -> None:
+    title = "'); DROP TABLE tasks; --"
+    answer = await api.post(alice.tasks, token=alice.token, json={"title": title})
+    assert answer.status == 201
+    assert (await api.get(answer.headers["Location"], token=alice.token)).json["title"] == title
+
+
+async def test_an_unexpected_error_is_a_bare_500_and_is_logged(
+    aiohttp_client, make_app, alice: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("SELECT secret FROM internals")
+
+    app = make_app()
+    app.router.add_get("/api/{user_id}/broken", broken, name="broken")
+    client = await aiohttp_client(app)
+    with caplog.at_level(logging.ERROR):
+        response = await client.get(
+            f"/api/{alice.id}/broken", headers={"Authorization": f"Bearer {alice.token}"}
+        )
+    body = await response.text()
+    assert response.status == 500
+    assert response.content_type == PROBLEM_CONTENT_TYPE
+    assert "SELECT" not in body and "RuntimeError" not in body and "Traceback" not in body
+    assert any(record.exc_info for record in caplog.records)
+
+
+async def test_the_request_id_is_echoed_when_sane(api: ApiClient) -> None:
+    answer = await api.get("/healthz", headers={"X-Request-Id": "abc-123.X_y:z"})
+    assert answer.headers["X-Request-Id"] == "abc-123.X_y:z"
+
+
+@pytest.mark.parametrize("request_id", ["a b", "x" * 129, "<script>", "é"])
+async def test_an_unsafe_request_id_is_replaced(api: ApiClient, request_id: str) -> None:
+    answer = await api.get("/healthz", headers={"X-Request-Id": request_id})
+    assert answer.headers["X-Request-Id"] != request_id
+    assert len(answer.headers["X-Request-Id"]) == 32

@@ -1,0 +1,77 @@
+"""Logs: task writes leave a structured line with user, task and request id; no secret is logged."""
+
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from service.logs import JsonFormatter
+from tests.conftest import PASSWORD, TEST_SECRET, ApiClient, User
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """Everything logged during the test, as the service writes it: JSON lines."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def _entries(stream: io.StringIO) -> list[dict]:
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_task_writes_are_logged_with_user_task_and_request_id(
+    aiohttp_client, make_app, alice: User, log_lines: io.StringIO
+) -> None:
+    api = ApiClient(await aiohttp_client(make_app()))
+    created = await api.post(alice.tasks, token=alice.token, json={"title": "t"})
+    task_url = created.headers["Location"]
+    updated = await api.put(task_url, token=alice.token, json={"title": "u"})
+    deleted = await api.delete(task_url, token=alice.token)
+    entries = _entries(log_lines)
+    for message, answer in [("task created", created), ("task updated", updated), ("task deleted", deleted)]:
+        (entry,) = [entry for entry in entries if entry["message"] == message]
+        assert entry["user_id"] == alice.id
+        assert entry["task_id"] == created.json["id"]
+        assert entry["request_id"] == answer.headers["X-Request-Id"]
+        assert entry["level"] == "INFO"
+    access = [entry for entry in entries if entry.get("route") == "create_task"]
+    assert access and access[0]["status"] == 201 and access[0]["user_id"] == alice.id
+    assert access[0]["duration_ms"] >= 0
+
+
+async def test_no_token_password_or_secret_is_ever_logged(
+    aiohttp_client, make_app, alice: User, log_lines: io.StringIO
+) -> None:
+    api = ApiClient(await aiohttp_client(make_app()))
+    registered = await api.post(
+        "/api/auth/register", json={"email": "log@example.com", "password": "hunter2-hunter2", "name": "L"}
+    )
+    await api.post("/api/auth/login", json={"email": alice.email, "password": PASSWORD})
+    await api.post("/api/auth/login", json={"email": alice.email, "password": "wrong-password-1"})
+    await api.get(alice.tasks, token=alice.token)
+    await api.get(alice.tasks, token=alice.token + "tampered")
+    output = log_lines.getvalue()
+    assert output  # the requests were logged at all
+    for secret in [
+        alice.token,
+        registered.json["access_token"],
+        "hunter2-hunter2",
+        PASSWORD,
+        "wrong-password-1",
+        TEST_SECRET,
+    ]:
+        assert secret not in output
+    assert "$argon2" not in output
