@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP) ## serve on PORT (8080); without DATABASE_URL, on an embedded PostgreSQL in .dev/
-	$(PY) -m service serve --dev
+	$(PY) -m service serve --dev --workers 1
 
 test: $(STAMP) ## run the tests on TEST_DATABASE_URL's server, or on an embedded PostgreSQL
 	$(PY) -m pytest $(PYTEST_ARGS)

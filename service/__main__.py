@@ -2,8 +2,11 @@
 
 import argparse
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -59,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     dev_help = "for what is unset, use an embedded PostgreSQL and a development secret (in .dev/)"
     serve = commands.add_parser("serve", help="migrate (unless MIGRATE_ON_START=0) and serve HTTP")
     serve.add_argument("--dev", action="store_true", help=dev_help)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes sharing the port (default: one per core)",
+    )
     migrate_command = commands.add_parser("migrate", help="apply pending migrations and exit")
     migrate_command.add_argument("--dev", action="store_true", help=dev_help)
     token = commands.add_parser("token", help="print an access token signed with JWT_SECRET")
@@ -107,13 +116,54 @@ def main(argv: list[str] | None = None) -> int:
             log.error("cannot migrate %s: %s", hide_password(settings.database_url), reason)
             return 1
         if args.command == "serve":
-            log.info("serving", extra={"host": settings.host, "port": settings.port})
-            web.run_app(
-                create_app(settings),
-                host=settings.host,
-                port=settings.port,
-                print=None,
-            )
+            log.info("serving", extra={"host": settings.host, "port": settings.port, "workers": args.workers})
+            return _serve(settings, max(1, args.workers))
+    return 0
+
+
+def _serve_one(settings: Settings, reuse_port: bool) -> None:
+    # run_app stops on SIGTERM or SIGINT: it stops accepting, lets in-flight requests finish
+    # within its shutdown timeout, then runs the cleanup contexts (closing the pool).
+    web.run_app(
+        create_app(settings), host=settings.host, port=settings.port, reuse_port=reuse_port, print=None
+    )
+
+
+def _serve(settings: Settings, workers: int) -> int:
+    """Serve in this process, or in `workers` forked processes that share the port."""
+    if workers == 1:
+        _serve_one(settings, reuse_port=False)
+        return 0
+    # Each worker binds the port with SO_REUSEPORT, so the kernel spreads connections among
+    # them; each has its own event loop and pool. Signals received here go to every worker.
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(target=_serve_one, args=(settings, True), name=f"worker-{n}") for n in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    signalled: set[int] = set()
+
+    def forward(signum: int, frame: object) -> None:
+        # Once per worker: a second signal would interrupt its graceful shutdown.
+        for process in processes:
+            if process.is_alive() and process.pid is not None and process.pid not in signalled:
+                signalled.add(process.pid)
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    # When any worker ends, end them all: a supervisor (systemd, Kubernetes) restarts the
+    # service whole rather than running it short of workers.
+    multiprocessing.connection.wait([process.sentinel for process in processes])
+    forward(signal.SIGTERM, None)
+    for process in processes:
+        process.join()
+    failed = [process for process in processes if process.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        log.error("worker ended unexpectedly", extra={"exit_codes": [p.exitcode for p in processes]})
+        return 1
     return 0
 
 
