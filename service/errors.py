@@ -50,7 +50,7 @@ def problem_response(request: web.Request, problem: Problem) -> web.Response:
         body["errors"] = problem.errors
     return web.Response(
         status=problem.status,
-        body=orjson.dumps(body),
+        body=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),  # list errors are keyed by index
         content_type=PROBLEM_CONTENT_TYPE,
         headers=problem.headers,
     )

@@ -5,9 +5,10 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from service.errors import Problem
+from service.listing import DEFAULT_ORDER
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -40,26 +41,106 @@ class UtcDateTime(fields.Field[datetime]):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class StrictInteger(fields.Integer):
+    """A JSON integer, never a string, a boolean or a fraction."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValidationError("Must be an integer.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+PRIORITIES = {"low": 0, "medium": 1, "high": 2}
+
+
+class Priority(fields.Field[int]):
+    """low, medium or high in JSON; 0, 1 or 2 in the database, so that it sorts."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, str) or value not in PRIORITIES:
+            raise ValidationError("Must be one of: low, medium, high.")
+        return PRIORITIES[value]
+
+    def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else _PRIORITY_NAMES[value]
+
+
+_PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
+MAX_TAGS = 20
+
+
+def normalise_tag(value: Any) -> str:
+    """A tag trimmed and checked: a string of 1 to 50 characters."""
+    if not isinstance(value, str):
+        raise ValidationError("Each tag must be a string.")
+    tag = value.strip()
+    if not 1 <= len(tag) <= 50 or "\x00" in tag:
+        raise ValidationError("Each tag must have 1 to 50 characters (trimmed) and no NUL.")
+    return tag
+
+
+class Tags(fields.Field[list[str]]):
+    """Up to 20 tags, trimmed, unique regardless of case (the first spelling wins), sorted."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        if not isinstance(value, list):
+            raise ValidationError("Must be a list of strings.")
+        if len(value) > MAX_TAGS:
+            raise ValidationError(f"At most {MAX_TAGS} tags.")
+        unique: dict[str, str] = {}
+        for item in value:
+            tag = normalise_tag(item)
+            unique.setdefault(tag.lower(), tag)
+        return [unique[key] for key in sorted(unique)]
+
+
 def not_blank(value: str) -> None:
     if not value.strip():
         raise ValidationError("Must not be blank.")
 
 
-class TaskCreate(Schema):
-    title = Text(required=True, validate=[validate.Length(min=1, max=255), not_blank])
-    description = Text(allow_none=True, load_default=None, validate=validate.Length(max=1000))
-    completed = StrictBoolean(load_default=False)
+class Recurrence(Schema):
+    every = fields.String(required=True, validate=validate.OneOf(["day", "week", "month", "year"]))
+    interval = StrictInteger(load_default=1, validate=validate.Range(min=1, max=365))
 
 
-class TaskUpdate(Schema):
+class TaskFields(Schema):
+    """The fields a client may write; `recurrence` becomes the two columns that store it."""
+
     title = Text(validate=[validate.Length(min=1, max=255), not_blank])
     description = Text(allow_none=True, validate=validate.Length(max=1000))
     completed = StrictBoolean()
+    priority = Priority()
+    tags = Tags()
+    due_date = fields.AwareDateTime(format="iso", allow_none=True)
+    remind_at = fields.AwareDateTime(format="iso", allow_none=True)
+    recurrence = fields.Nested(Recurrence, allow_none=True)
 
+    @post_load
+    def store_recurrence(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if "recurrence" in data:
+            rule = data.pop("recurrence")
+            data["recurrence_every"] = rule["every"] if rule else None
+            data["recurrence_interval"] = rule["interval"] if rule else None
+        return data
+
+
+class TaskCreate(TaskFields):
+    title = Text(required=True, validate=[validate.Length(min=1, max=255), not_blank])
+    description = Text(allow_none=True, load_default=None, validate=validate.Length(max=1000))
+    completed = StrictBoolean(load_default=False)
+    priority = Priority(load_default=PRIORITIES["medium"])
+    tags = Tags(load_default=list)
+    due_date = fields.AwareDateTime(format="iso", allow_none=True, load_default=None)
+    remind_at = fields.AwareDateTime(format="iso", allow_none=True, load_default=None)
+    recurrence = fields.Nested(Recurrence, allow_none=True, load_default=None)
+
+
+class TaskUpdate(TaskFields):
     @validates_schema
     def has_a_field(self, data: dict[str, Any], **kwargs: Any) -> None:
         if not data:
-            raise ValidationError("Give at least one of title, description, completed.")
+            raise ValidationError("Give at least one field to change.")
 
 
 class TaskComplete(Schema):
@@ -72,8 +153,40 @@ class Task(Schema):
     title = fields.String()
     description = fields.String(allow_none=True)
     completed = fields.Boolean()
+    priority = Priority()
+    tags = fields.List(fields.String())
+    due_date = UtcDateTime()
+    remind_at = UtcDateTime()
+    recurrence = fields.Function(
+        lambda row: (
+            {"every": row["recurrence_every"], "interval": row["recurrence_interval"]}
+            if row["recurrence_every"]
+            else None
+        )
+    )
+    completed_at = UtcDateTime()
+    next_task_id = fields.Integer(allow_none=True)
     created_at = UtcDateTime()
     updated_at = UtcDateTime()
+
+
+class TaskListQuery(Schema):
+    """The query string of GET /api/{user_id}/tasks."""
+
+    status = fields.String(load_default="all", validate=validate.OneOf(["all", "pending", "completed"]))
+    priority = fields.List(Priority())
+    tag = fields.List(fields.Function(deserialize=normalise_tag))
+    q = Text(validate=validate.Length(min=1, max=200))
+    due_before = fields.AwareDateTime(format="iso")
+    due_after = fields.AwareDateTime(format="iso")
+    overdue = fields.Boolean(truthy={"true"}, falsy={"false"})
+    sort = fields.String(load_default="created", validate=validate.OneOf(list(DEFAULT_ORDER)))
+    order = fields.String(validate=validate.OneOf(["asc", "desc"]))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(validate=validate.Length(max=1024))
+
+    # Parameters that may be given more than once (?tag=a&tag=b); the rest at most once.
+    REPEATABLE = frozenset({"priority", "tag"})
 
 
 class Register(Schema):
@@ -101,6 +214,7 @@ class TokenGrant(Schema):
     expires_in = fields.Integer()
 
 
+TASK_LIST_QUERY = TaskListQuery()
 TASK_CREATE = TaskCreate()
 TASK_UPDATE = TaskUpdate()
 TASK_COMPLETE = TaskComplete()
@@ -131,6 +245,21 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise Problem(400, "The request body must be a JSON object.")
     result: dict[str, Any] = schema.load(document)
+    return result
+
+
+def load_query(request: web.Request, schema: TaskListQuery) -> dict[str, Any]:
+    """The query string, validated by `schema`; a parameter given twice must be repeatable."""
+    given: dict[str, Any] = {}
+    for name in request.query:
+        values = request.query.getall(name)
+        if name in schema.REPEATABLE:
+            given[name] = values
+        elif len(values) > 1:
+            raise ValidationError({name: ["Give this parameter at most once."]})
+        else:
+            given[name] = values[0]
+    result: dict[str, Any] = schema.load(given)
     return result
 
 

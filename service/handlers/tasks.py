@@ -1,17 +1,34 @@
 """Task routes: list, create, read, update, delete and complete the caller's own tasks."""
 
 import logging
+import re
+from typing import Any
 
 import asyncpg
 from aiohttp import web
+from multidict import MultiDict
 
 from service.auth import BIGINT_MAX, unauthorized
 from service.db import connection, queries
 from service.errors import Problem
-from service.keys import USER_ID
-from service.schemas import TASK, TASK_COMPLETE, TASK_CREATE, TASK_UPDATE, json_response, load_body
+from service.keys import SETTINGS, USER_ID
+from service.listing import DEFAULT_ORDER, Listing, cursor_secret, fetch_page, make_cursor, read_cursor
+from service.schemas import (
+    TASK,
+    TASK_COMPLETE,
+    TASK_CREATE,
+    TASK_LIST_QUERY,
+    TASK_UPDATE,
+    json_response,
+    load_body,
+    load_query,
+)
 
 log = logging.getLogger(__name__)
+_UPDATABLE = (
+    "title", "description", "completed", "priority", "tags", "due_date", "remind_at",
+    "recurrence_every", "recurrence_interval",
+)  # fmt: skip
 
 
 def _task_id(request: web.Request) -> int:
@@ -28,10 +45,43 @@ def _not_found(task_id: int | str) -> Problem:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    """List the caller's tasks, newest first."""
+    """One page of the caller's tasks, filtered and sorted; the next page's URL in `Link`."""
+    query = load_query(request, TASK_LIST_QUERY)
+    listing = Listing(
+        user_id=request[USER_ID],
+        sort=query["sort"],
+        order=query.get("order", DEFAULT_ORDER[query["sort"]]),
+        limit=query["limit"],
+        filters=_filters(query),
+    )
+    secret = cursor_secret(request.app[SETTINGS].jwt_secret)
+    after = read_cursor(secret, listing, query["cursor"]) if "cursor" in query else None
     async with connection(request) as conn:
-        rows = [row async for row in queries.list_tasks(conn, user_id=request[USER_ID])]
-    return json_response(TASK.dump(rows, many=True))
+        rows, next_after = await fetch_page(conn, listing, after)
+    headers = {}
+    if next_after is not None:
+        next_query = MultiDict(request.query)
+        next_query.popall("cursor", None)
+        next_query["cursor"] = make_cursor(secret, listing, next_after)
+        headers["Link"] = f'<{request.url.with_query(next_query)}>; rel="next"'
+    return json_response(TASK.dump(rows, many=True), headers=headers)
+
+
+def _filters(query: dict[str, Any]) -> dict[str, Any]:
+    """The listing's filters as the page statement's parameters, only those given."""
+    filters: dict[str, Any] = {}
+    if query["status"] != "all":
+        filters["completed"] = query["status"] == "completed"
+    if query.get("priority"):
+        filters["priorities"] = sorted(set(query["priority"]))
+    if query.get("tag"):
+        filters["tags"] = sorted({tag.lower() for tag in query["tag"]})
+    if "q" in query:
+        filters["pattern"] = "%" + re.sub(r"([\\%_])", r"\\\1", query["q"]) + "%"
+    for name in ("due_before", "due_after", "overdue"):
+        if name in query:
+            filters[name] = query[name]
+    return filters
 
 
 async def create_task(request: web.Request) -> web.Response:
@@ -60,23 +110,20 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def update_task(request: web.Request) -> web.Response:
-    """Change the fields given in the body and bump updated_at."""
+    """Change the fields given in the body and bump updated_at; completing a repeating task
+    creates its next occurrence."""
     task_id = _task_id(request)
     fields = await load_body(request, TASK_UPDATE)
-    user_id = request[USER_ID]
-    async with connection(request) as conn:
-        row = await queries.update_task(
-            conn,
-            user_id=user_id,
-            task_id=task_id,
-            title=fields.get("title"),
-            set_description="description" in fields,
-            description=fields.get("description"),
-            completed=fields.get("completed"),
-        )
-    if row is None:
-        raise _not_found(task_id)
-    log.info("task updated", extra={"user_id": user_id, "task_id": task_id})
+    changes = {name: fields.get(name) for name in _UPDATABLE}
+    # Null is a value for these, so whether they were given at all travels separately.
+    changes.update(
+        set_description="description" in fields,
+        set_due_date="due_date" in fields,
+        set_remind_at="remind_at" in fields,
+        set_recurrence="recurrence_every" in fields,
+    )
+    row = await _save(request, task_id, queries.update_task, changes)
+    log.info("task updated", extra={"user_id": request[USER_ID], "task_id": task_id})
     return json_response(TASK.dump(row))
 
 
@@ -93,15 +140,24 @@ async def delete_task(request: web.Request) -> web.Response:
 
 
 async def complete_task(request: web.Request) -> web.Response:
-    """Set `completed` from the body, or flip it when there is no body."""
+    """Set `completed` from the body, or flip it when there is no body; completing a repeating
+    task creates its next occurrence."""
     task_id = _task_id(request)
     fields = await load_body(request, TASK_COMPLETE) if request.body_exists else {}
-    user_id = request[USER_ID]
-    async with connection(request) as conn:
-        row = await queries.complete_task(
-            conn, user_id=user_id, task_id=task_id, completed=fields.get("completed")
-        )
-    if row is None:
-        raise _not_found(task_id)
-    log.info("task updated", extra={"user_id": user_id, "task_id": task_id, "completed": row["completed"]})
+    row = await _save(request, task_id, queries.complete_task, {"completed": fields.get("completed")})
+    log.info("task updated", extra={"user_id": request[USER_ID], "task_id": task_id})
     return json_response(TASK.dump(row))
+
+
+async def _save(request: web.Request, task_id: int, query: Any, changes: dict[str, Any]) -> asyncpg.Record:
+    """Run an update query and, in the same transaction, repeat the task if that completed it."""
+    user_id = request[USER_ID]
+    async with connection(request) as conn, conn.transaction():
+        row = await query(conn, user_id=user_id, task_id=task_id, **changes)
+        if row is None:
+            raise _not_found(task_id)
+        # A task continues its series once; reopening and completing it again repeats nothing.
+        if row["completed"] and row["recurrence_every"] is not None and row["next_task_id"] is None:
+            row = await queries.repeat_task(conn, user_id=user_id, task_id=task_id)
+            log.info("task created", extra={"user_id": user_id, "task_id": row["next_task_id"]})
+    return row

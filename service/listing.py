@@ -1,0 +1,152 @@
+"""Listing tasks: the sort orders, the page statements made from sql/list_tasks.sql.template,
+and the signed, opaque keyset cursors that carry a listing from one page to the next."""
+
+import base64
+import binascii
+import dataclasses
+import functools
+import hashlib
+import hmac
+import re
+from typing import Any
+
+import asyncpg
+import orjson
+
+from service.db import SQL_DIR
+from service.errors import Problem
+
+_TEMPLATE = (SQL_DIR / "list_tasks.sql.template").read_text()
+_OPTIONAL_LINE = re.compile(r"^(?P<sql>.*?)\s*--if (?P<name>\w+)\s*$")
+_PARAMETER = re.compile(r"(?<!:):(?P<name>[a-z_]+)\b")
+_CURSOR_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SortOrder:
+    """One way to order a listing: an indexed key expression, tie-broken by id."""
+
+    key: str
+    key_type: str
+    direction: str
+
+    @property
+    def after(self) -> str:
+        return ">" if self.direction == "ASC" else "<"
+
+
+# (sort, order) -> how. Tasks without a due date come last in both directions.
+SORT_ORDERS = {
+    ("created", "asc"): SortOrder("created_at", "timestamptz", "ASC"),
+    ("created", "desc"): SortOrder("created_at", "timestamptz", "DESC"),
+    ("updated", "asc"): SortOrder("updated_at", "timestamptz", "ASC"),
+    ("updated", "desc"): SortOrder("updated_at", "timestamptz", "DESC"),
+    ("title", "asc"): SortOrder("lower(title)", "text", "ASC"),
+    ("title", "desc"): SortOrder("lower(title)", "text", "DESC"),
+    ("due_date", "asc"): SortOrder("coalesce(due_date, 'infinity')", "timestamptz", "ASC"),
+    ("due_date", "desc"): SortOrder("coalesce(due_date, '-infinity')", "timestamptz", "DESC"),
+    ("priority", "asc"): SortOrder("priority", "smallint", "ASC"),
+    ("priority", "desc"): SortOrder("priority", "smallint", "DESC"),
+}
+# Without an `order`, each sort goes the way people mostly want it.
+DEFAULT_ORDER = {"created": "desc", "updated": "desc", "title": "asc", "due_date": "asc", "priority": "desc"}
+FILTERS = ("completed", "priorities", "tags", "pattern", "due_before", "due_after", "overdue")
+
+
+@functools.lru_cache(maxsize=512)
+def page_statement(sort: str, order: str, given: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+    """The SQL for one sort order and set of given filters, and its parameters' names in $n order."""
+    sort_order = SORT_ORDERS[(sort, order)]
+    lines = []
+    for line in _TEMPLATE.splitlines():
+        if line.startswith("--"):
+            continue
+        optional = _OPTIONAL_LINE.match(line)
+        if optional is not None:
+            if optional["name"] not in given:
+                continue
+            line = optional["sql"]
+        lines.append(line)
+    sql = "\n".join(lines).format(**dataclasses.asdict(sort_order), after=sort_order.after)
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match["name"] not in names:
+            names.append(match["name"])
+        return f"${names.index(match['name']) + 1}"
+
+    return _PARAMETER.sub(number, sql), tuple(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What one listing request asks for, validated; `filters` holds only the given ones."""
+
+    user_id: int
+    sort: str
+    order: str
+    limit: int
+    filters: dict[str, Any]
+
+    def fingerprint(self) -> str:
+        """Identifies the listing a cursor belongs to: user, sort, order and filters."""
+        canonical = orjson.dumps(
+            [self.user_id, self.sort, self.order, sorted(self.filters.items())], default=str
+        )
+        return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+async def fetch_page(
+    conn: asyncpg.Connection, listing: Listing, after: tuple[str, int] | None
+) -> tuple[list[asyncpg.Record], tuple[str, int] | None]:
+    """One page of tasks, and the position after its last row when another page follows."""
+    values = {**listing.filters, "user_id": listing.user_id, "limit": listing.limit + 1}
+    if after is not None:
+        values["after_key"], values["after_id"] = after
+    sql, names = page_statement(listing.sort, listing.order, frozenset(values))
+    rows = await conn.fetch(sql, *(values[name] for name in names))
+    if len(rows) <= listing.limit:
+        return rows, None
+    last = rows[listing.limit - 1]
+    return rows[: listing.limit], (last["sort_key"], last["id"])
+
+
+def _encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signature(secret: bytes, payload: str) -> str:
+    return _encode(hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:18])
+
+
+def make_cursor(secret: bytes, listing: Listing, after: tuple[str, int]) -> str:
+    """An opaque token for the page after `after`, valid only for this same listing."""
+    payload = _encode(orjson.dumps([_CURSOR_VERSION, listing.fingerprint(), after[0], after[1]]))
+    return f"{payload}.{_signature(secret, payload)}"
+
+
+def read_cursor(secret: bytes, listing: Listing, cursor: str) -> tuple[str, int]:
+    """The position a cursor holds; 400 if it was altered or made for another listing."""
+    payload, _, signature = cursor.partition(".")
+    if not hmac.compare_digest(signature.encode(), _signature(secret, payload).encode()):
+        raise _bad_cursor("it was not issued by this service or was altered")
+    try:
+        version, fingerprint, key, task_id = orjson.loads(_decode(payload))
+    except (ValueError, TypeError, binascii.Error):
+        raise _bad_cursor("it cannot be read") from None
+    if version != _CURSOR_VERSION or fingerprint != listing.fingerprint():
+        raise _bad_cursor("it belongs to another listing (user, sort, order or filters)")
+    return key, task_id
+
+
+def _bad_cursor(reason: str) -> Problem:
+    return Problem(400, f"Invalid cursor: {reason}.", errors={"cursor": [f"Invalid: {reason}."]})
+
+
+def cursor_secret(jwt_secret: str) -> bytes:
+    """The cursor-signing key, derived from JWT_SECRET so there is no other secret to manage."""
+    return hmac.new(jwt_secret.encode(), b"task-api listing cursor", hashlib.sha256).digest()
