@@ -32,6 +32,11 @@ lint: $(STAMP) ## ruff and mypy
 	$(PY) -m ruff format --check service tests
 	$(PY) -m mypy service
 
+.PHONY: bench
+bench: $(STAMP) ## load-test on a fresh database with wrk and pgbench (BENCH_ARGS=--quick, see bench/)
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench $(BENCH_ARGS)
+
 token: $(STAMP) ## print a token for USER_ID (JWT_SECRET, or the development secret)
 	$(PY) -m service token --dev --user-id $(USER_ID)
 

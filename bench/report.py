@@ -1,0 +1,253 @@
+"""The report: the one results table, the issue's targets next to the numbers, the JSON record
+and the PNG plot under bench/results/."""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.measurement import Measurement
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# The issue's targets.
+CEILING_FRACTION = 0.17
+P99_AT_64_MS = 50.0
+P95_AT_1000_MS = 500.0
+DEEP_PAGE_FACTOR = 1.5
+LOAD_CONNECTIONS = 64
+MANY_CLIENTS = 1000
+
+
+@dataclasses.dataclass
+class Target:
+    name: str
+    measured: str
+    met: bool | None  # None: could not be measured in this run
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "MISSED", None: "n/a"}[self.met]
+
+
+def _find(
+    measurements: list[Measurement], scenario: str, connections: int, tool: str = "wrk"
+) -> Measurement | None:
+    for measurement in measurements:
+        same = (measurement.scenario, measurement.connections, measurement.tool) == (
+            scenario,
+            connections,
+            tool,
+        )
+        if same and measurement.skipped is None:
+            return measurement
+    return None
+
+
+def ceiling_ratios(measurements: list[Measurement]) -> dict[str, float]:
+    """Service requests/s ÷ pgbench transactions/s, for list and get at pgbench's connections."""
+    ratios = {}
+    for scenario in ("list", "get"):
+        ceiling = next(
+            (m for m in measurements if m.scenario == f"pgbench {scenario}" and not m.skipped), None
+        )
+        service = _find(measurements, scenario, ceiling.connections) if ceiling else None
+        if service and ceiling and ceiling.requests_per_second:
+            ratios[scenario] = service.requests_per_second / ceiling.requests_per_second
+    return ratios
+
+
+def _worst(rows: list[Measurement], percentile: str) -> tuple[float, str] | None:
+    values = [
+        (getattr(row, percentile), row.scenario) for row in rows if getattr(row, percentile) is not None
+    ]
+    return max(values) if values else None
+
+
+def _errors(rows: list[Measurement]) -> tuple[int, str]:
+    total = sum(row.errors for row in rows)
+    which = ", ".join(
+        f"{row.scenario}: " + ", ".join(f"{kind} {count}" for kind, count in row.error_detail.items())
+        for row in rows
+        if row.errors
+    )
+    return total, which
+
+
+def evaluate_targets(
+    measurements: list[Measurement],
+    load_connections: int = LOAD_CONNECTIONS,
+    many_clients: int = MANY_CLIENTS,
+) -> list[Target]:
+    """The issue's targets, each with what was measured; the limits are the issue's whatever the
+    connection counts, so a run at other counts is judged against the same numbers."""
+    targets = []
+    ratios = ceiling_ratios(measurements)
+    for scenario in ("list", "get"):
+        ratio = ratios.get(scenario)
+        targets.append(
+            Target(
+                f"{scenario} >= {CEILING_FRACTION} x pgbench",
+                f"{ratio:.3f}" if ratio is not None else "not measured",
+                None if ratio is None else ratio >= CEILING_FRACTION,
+            )
+        )
+    for connections, percentile, limit in (
+        (load_connections, "p99_ms", P99_AT_64_MS),
+        (many_clients, "p95_ms", P95_AT_1000_MS),
+    ):
+        rows = [m for m in measurements if m.tool == "wrk" and m.connections == connections and not m.skipped]
+        worst = _worst(rows, percentile)
+        name = percentile.removesuffix("_ms")
+        targets.append(
+            Target(
+                f"{name} < {limit:.0f} ms at {connections} connections",
+                f"worst {worst[0]:.1f} ms ({worst[1]})" if worst else "not measured",
+                None if worst is None else worst[0] < limit,
+            )
+        )
+        total, which = _errors(rows)
+        targets.append(
+            Target(
+                f"zero errors at {connections} connections",
+                f"{total}" + (f" ({which})" if which else "") if rows else "not measured",
+                None if not rows else total == 0,
+            )
+        )
+    first_page = _find(measurements, "list", load_connections)
+    deep = _find(measurements, "list deep page", load_connections)
+    if first_page and deep and first_page.p50_ms and deep.p50_ms:
+        factor = deep.p50_ms / first_page.p50_ms
+        targets.append(
+            Target(
+                f"deep page p50 within {DEEP_PAGE_FACTOR}x of the first page's",
+                f"{factor:.2f}x ({deep.p50_ms:.1f} vs {first_page.p50_ms:.1f} ms)",
+                factor <= DEEP_PAGE_FACTOR,
+            )
+        )
+    else:
+        targets.append(
+            Target(f"deep page p50 within {DEEP_PAGE_FACTOR}x of the first page's", "not measured", None)
+        )
+    return targets
+
+
+def _milliseconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}%"
+
+
+def format_table(measurements: list[Measurement]) -> str:
+    """The results as one fixed-width table."""
+    ratios = ceiling_ratios(measurements)
+    header = (
+        "scenario",
+        "conns",
+        "requests/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "÷ pgbench",
+        "svc CPU",
+        "all CPU",
+    )
+    rows = []
+    for m in measurements:
+        if m.skipped:
+            rows.append((m.scenario, str(m.connections), f"n/a ({m.skipped})", *[""] * (len(header) - 3)))
+            continue
+        ceiling = next((c for c in measurements if c.scenario == f"pgbench {m.scenario}"), None)
+        same_load = ceiling is not None and ceiling.connections == m.connections
+        ratio = ratios.get(m.scenario) if m.tool == "wrk" and same_load else None
+        rows.append(
+            (
+                m.scenario,
+                str(m.connections),
+                f"{m.requests_per_second:,.0f}",
+                _milliseconds(m.p50_ms),
+                _milliseconds(m.p95_ms),
+                _milliseconds(m.p99_ms),
+                str(m.errors),
+                f"{ratio:.3f}" if ratio is not None else "",
+                _percent(m.service_cpu_percent),
+                _percent(m.machine_cpu_percent),
+            )
+        )
+    measured = [header, *(row for row in rows if not row[2].startswith("n/a"))]
+    widths = [max(len(row[i]) for row in measured) for i in range(len(header))]
+    widths[0] = max(len(row[0]) for row in [header, *rows])
+    lines = []
+    for number, row in enumerate([header, *rows]):
+        if row[2].startswith("n/a"):
+            lines.append(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}")
+        else:
+            cells = [f"{row[0]:<{widths[0]}}"] + [
+                f"{cell:>{widths[i + 1]}}" for i, cell in enumerate(row[1:])
+            ]
+            lines.append("  ".join(cells).rstrip())
+        if number == 0:
+            lines.append("-" * len(lines[0]))
+    lines.append(
+        "svc CPU: the service's workers, % of one core; all CPU: the whole machine (service, PostgreSQL,"
+        " load generator and anything else), % of all cores."
+    )
+    return "\n".join(lines)
+
+
+def format_targets(targets: list[Target]) -> str:
+    width = max(len(target.name) for target in targets)
+    return "\n".join(f"{target.verdict:<7} {target.name:<{width}}  {target.measured}" for target in targets)
+
+
+def save_json(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def save_plot(path: Path, measurements: list[Measurement], title: str, load_connections: int) -> None:
+    """Two bar charts side by side: requests/s and p99 by scenario, service and pgbench."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [m for m in measurements if not m.skipped][::-1]  # matplotlib draws bottom-up
+    labels = [m.label for m in rows]
+    colours = [
+        "tab:gray"
+        if m.tool == "pgbench"
+        else ("tab:blue" if m.connections <= load_connections else "tab:orange")
+        for m in rows
+    ]
+    figure, (throughput, latency) = plt.subplots(
+        1, 2, figsize=(12, 0.42 * len(rows) + 1.8), sharey=True, constrained_layout=True
+    )
+    throughput.barh(labels, [m.requests_per_second for m in rows], color=colours)
+    throughput.set_xlabel("requests/s (pgbench: transactions/s)")
+    throughput.set_xscale("log")
+    for index, m in enumerate(rows):
+        throughput.annotate(
+            f" {m.requests_per_second:,.0f}", (m.requests_per_second, index), va="center", fontsize=8
+        )
+    latency.barh(labels, [m.p99_ms or 0 for m in rows], color=colours)
+    latency.set_xlabel("p99 latency, ms (log scale)")
+    latency.set_xscale("log")
+    latency.axvline(
+        P99_AT_64_MS, color="tab:red", linestyle="--", linewidth=1, label="50 ms: p99 target at 64"
+    )
+    for index, m in enumerate(rows):
+        if m.p99_ms:
+            latency.annotate(f" {m.p99_ms:.1f}", (m.p99_ms, index), va="center", fontsize=8)
+    latency.legend(loc="lower right", fontsize=8)
+    for axes in (throughput, latency):
+        axes.grid(axis="x", which="major", alpha=0.3)
+        axes.margins(x=0.25)
+    legend = f"blue: service @{load_connections}, orange: more clients, grey: pgbench (SQL only)"
+    figure.suptitle(f"{title}\n{legend}", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
