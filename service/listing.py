@@ -50,7 +50,15 @@ SORT_ORDERS = {
 }
 # Without an `order`, each sort goes the way people mostly want it.
 DEFAULT_ORDER = {"created": "desc", "updated": "desc", "title": "asc", "due_date": "asc", "priority": "desc"}
-FILTERS = ("completed", "priorities", "tags", "pattern", "due_before", "due_after", "overdue")
+# Whether their index beats walking the user's tasks in order depends on the value (a rare word
+# or tag, or a common one), which a generic plan of a prepared statement cannot see; listings
+# with them are planned for their values each time.
+VALUE_DEPENDENT_FILTERS = frozenset({"tags", "pattern"})
+
+
+def plan_cache_mode(given: frozenset[str]) -> str:
+    """How PostgreSQL should plan the page statement for these filters and parameters."""
+    return "force_custom_plan" if given & VALUE_DEPENDENT_FILTERS else "auto"
 
 
 @functools.lru_cache(maxsize=512)
@@ -103,8 +111,16 @@ async def fetch_page(
     values = {**listing.filters, "user_id": listing.user_id, "limit": listing.limit + 1}
     if after is not None:
         values["after_key"], values["after_id"] = after
-    sql, names = page_statement(listing.sort, listing.order, frozenset(values))
-    rows = await conn.fetch(sql, *(values[name] for name in names))
+    given = frozenset(values)
+    sql, names = page_statement(listing.sort, listing.order, given)
+    arguments = [values[name] for name in names]
+    mode = plan_cache_mode(given)
+    if mode == "auto":
+        rows = await conn.fetch(sql, *arguments)
+    else:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            rows = await conn.fetch(sql, *arguments)
     if len(rows) <= listing.limit:
         return rows, None
     last = rows[listing.limit - 1]
