@@ -448,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchDatabaseError, EmbeddedPostgresError, SeedError, ServiceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the service is stopped and the database dropped", file=sys.stderr)
+        return 130
     report(run, started_at, time.monotonic() - started)
     return 0
 

@@ -16,6 +16,8 @@ SAMPLE_EVERY_SECONDS = 10
 # allocator arenas, caches and buffers settle within a few MiB.
 NOISE_KIB = 4 * 1024
 NOISE_FRACTION = 0.03
+# Fewer samples than this (a soak under a minute) cannot tell settling from growth.
+MIN_SAMPLES_TO_JUDGE = 6
 
 
 @dataclasses.dataclass
@@ -25,7 +27,10 @@ class SoakResult:
     growth: dict[str, dict[str, Any]]  # pid -> {"start_kib", "end_kib", "growth_kib", "grew"}
 
     @property
-    def grew(self) -> bool:
+    def grew(self) -> bool | None:
+        """Whether any worker grew beyond noise; None when the soak was too short to tell."""
+        if not self.growth:
+            return None
         return any(worker["grew"] for worker in self.growth.values())
 
     def summary(self) -> str:
@@ -34,17 +39,20 @@ class SoakResult:
             f"({w['growth_kib'] / 1024:+.1f} MiB{', GREW' if w['grew'] else ''})"
             for pid, w in self.growth.items()
         ]
+        if self.grew is None:
+            return f"too short to judge: fewer than {MIN_SAMPLES_TO_JUDGE} samples, 10 s apart"
         verdict = "memory grew beyond noise" if self.grew else "no growth beyond noise"
         return f"{verdict} (threshold {NOISE_KIB // 1024} MiB or {NOISE_FRACTION:.0%}); " + "; ".join(parts)
 
 
 def growth_by_worker(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per worker: the mean RSS of the soak's first third against its last third."""
+    """Per worker: the mean RSS of the soak's first third against its last third (so a worker
+    that settles early and then holds steady has not grown)."""
     pids = {pid for sample in samples for pid in sample["rss_kib"]}
     growth = {}
     for pid in sorted(pids):
         series = [s["rss_kib"][pid] for s in samples if s["rss_kib"].get(pid) is not None]
-        if len(series) < 3:
+        if len(series) < MIN_SAMPLES_TO_JUDGE:
             continue
         third = max(1, len(series) // 3)
         start, end = statistics.mean(series[:third]), statistics.mean(series[-third:])

@@ -96,6 +96,8 @@ def evaluate_targets(
         (load_connections, "p99_ms", P99_AT_64_MS),
         (many_clients, "p95_ms", P95_AT_1000_MS),
     ):
+        if not connections:
+            continue
         rows = [m for m in measurements if m.tool == "wrk" and m.connections == connections and not m.skipped]
         worst = _worst(rows, percentile)
         name = percentile.removesuffix("_ms")
