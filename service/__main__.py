@@ -123,9 +123,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve_one(settings: Settings, reuse_port: bool) -> None:
     # run_app stops on SIGTERM or SIGINT: it stops accepting, lets in-flight requests finish
-    # within its shutdown timeout, then runs the cleanup contexts (closing the pool).
+    # within SHUTDOWN_TIMEOUT, then runs the cleanup contexts (closing the pool).
     web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, reuse_port=reuse_port, print=None
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port,
+        shutdown_timeout=settings.shutdown_timeout,
+        print=None,
     )
 
 

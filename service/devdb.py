@@ -89,8 +89,9 @@ class EmbeddedPostgres:
                 f"see {self.log_file}"
             )
 
-    def start(self) -> str:
-        """Initialise the data folder if needed, start the server, and return its URL."""
+    def start(self, port: int | None = None) -> str:
+        """Initialise the data folder if needed, start the server (on `port`, or a free one),
+        and return its URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not (self.pgdata / "PG_VERSION").exists():
             self._run(
@@ -102,7 +103,7 @@ class EmbeddedPostgres:
             # When its process is already gone pg_ctl says so, and `start` cleans up after it.
             with contextlib.suppress(EmbeddedPostgresError):
                 self.stop()
-        self.port = _free_port()
+        self.port = port or _free_port()
         # No Unix socket (-k ''): its path could exceed the OS limit inside deep project folders.
         options = f"-h 127.0.0.1 -p {self.port} -k ''"
         if not self.durable:  # throwaway test data: skip the disk flushes
@@ -111,10 +112,10 @@ class EmbeddedPostgres:
         log.info("embedded PostgreSQL started", extra={"data_dir": str(self.data_dir), "port": self.port})
         return self.url
 
-    def stop(self) -> None:
-        """Stop the server, waiting for it to shut down cleanly."""
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server and wait for it: `fast` cleanly, `immediate` as in a crash."""
         if (self.pgdata / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+            self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop")
 
     def __enter__(self) -> str:
         return self.start()

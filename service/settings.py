@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -27,11 +28,17 @@ class Settings:
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
     db_acquire_timeout: float = 5.0
-    db_command_timeout: float = 30.0
+    db_statement_timeout: float = 10.0
+    db_pgbouncer: bool = False
     jwt_ttl_seconds: int = 3600
     jwt_leeway_seconds: int = 10
     max_body_bytes: int = 64 * 1024
     migrate_on_start: bool = True
+    shutdown_timeout: float = 30.0
+    metrics_token: str = dataclasses.field(default="", repr=False)
+    cors_origins: tuple[str, ...] = ()
+    rate_limit_writes: int = 600
+    rate_limit_logins: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -56,14 +63,26 @@ class Settings:
             db_pool_min_size=pool_min,
             db_pool_max_size=pool_max,
             db_acquire_timeout=reader.number("DB_ACQUIRE_TIMEOUT", cls.db_acquire_timeout),
-            db_command_timeout=reader.number("DB_COMMAND_TIMEOUT", cls.db_command_timeout),
+            db_statement_timeout=reader.number("DB_STATEMENT_TIMEOUT", cls.db_statement_timeout),
+            db_pgbouncer=reader.boolean("DB_PGBOUNCER", cls.db_pgbouncer),
             jwt_ttl_seconds=reader.integer("JWT_TTL_SECONDS", cls.jwt_ttl_seconds, minimum=60),
             jwt_leeway_seconds=reader.integer(
                 "JWT_LEEWAY_SECONDS", cls.jwt_leeway_seconds, minimum=0, maximum=300
             ),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
             migrate_on_start=reader.boolean("MIGRATE_ON_START", cls.migrate_on_start),
+            shutdown_timeout=reader.number("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
+            metrics_token=reader.text("METRICS_TOKEN", ""),
+            cors_origins=reader.origins("CORS_ORIGINS"),
+            rate_limit_writes=reader.integer("RATE_LIMIT_WRITES", cls.rate_limit_writes, minimum=0),
+            rate_limit_logins=reader.integer("RATE_LIMIT_LOGINS", cls.rate_limit_logins, minimum=0),
         )
+
+    @property
+    def db_command_timeout(self) -> float:
+        """The client's own limit on a query: a little past the server's statement_timeout, for
+        when the server cannot even answer (a network cut)."""
+        return self.db_statement_timeout + 5.0
 
     @property
     def log_level_number(self) -> int:
@@ -117,6 +136,14 @@ class _Reader:
         if normalised not in choices:
             raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return normalised
+
+    def origins(self, name: str) -> tuple[str, ...]:
+        """Comma-separated browser origins such as https://app.example.com, or *."""
+        origins = tuple(part.strip().rstrip("/") for part in self.text(name, "").split(",") if part.strip())
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise SettingsError(f"{name} must list origins like https://app.example.com, got {origin!r}")
+        return origins
 
     def boolean(self, name: str, default: bool) -> bool:
         flags = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}

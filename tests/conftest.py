@@ -5,7 +5,12 @@ openapi.yaml."""
 import asyncio
 import dataclasses
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -76,6 +81,49 @@ def fresh_database(server_url: str) -> Iterator[str]:
             yield database_url_for(server_url, name)
         finally:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_service(
+    database_url: str, *, workers: int = 1, **env: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The real service in a process of its own, as production runs it; yields its base URL."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": TEST_SECRET,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
+    command = [sys.executable, "-m", "service", "serve", "--workers", str(workers)]
+    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "the service exited at start"
+            assert time.monotonic() < deadline, "the service did not become ready"
+            try:
+                with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield base_url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,8 @@ def test_better_auth_secret_is_the_fallback_name() -> None:
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"DB_POOL_MIN_SIZE": "20", "DB_POOL_MAX_SIZE": "5"}, "DB_POOL_MIN_SIZE"),
         ({"DB_ACQUIRE_TIMEOUT": "-1"}, "DB_ACQUIRE_TIMEOUT"),
+        ({"CORS_ORIGINS": "app.example.com"}, "CORS_ORIGINS"),
+        ({"RATE_LIMIT_WRITES": "-5"}, "RATE_LIMIT_WRITES"),
         ({"JWT_TTL_SECONDS": "10"}, "JWT_TTL_SECONDS"),
         ({"MIGRATE_ON_START": "maybe"}, "MIGRATE_ON_START"),
     ],

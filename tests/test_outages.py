@@ -1,0 +1,113 @@
+"""When the database fails: bounded 503s, never a 500, recovery without a restart, and every
+acknowledged write still there afterwards."""
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.app import create_app
+from service.auth import mint_token
+from service.db import migrate
+from service.devdb import EmbeddedPostgres
+from service.keys import PG_POOL
+from service.settings import Settings
+from tests.conftest import TEST_SECRET, ApiClient
+
+
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of this test's own, to crash at will; durable, as in production."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    migrate(server.start())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_database_crash_mid_run_loses_no_acknowledged_write(
+    aiohttp_client, private_server: EmbeddedPostgres
+) -> None:
+    settings = Settings(database_url=private_server.url, jwt_secret=TEST_SECRET, db_acquire_timeout=1.0)
+    api = ApiClient(await aiohttp_client(create_app(settings)))
+    registered = await api.post(
+        "/api/auth/register", json={"email": "crash@example.com", "password": "survives-1", "name": "C"}
+    )
+    user_id, token = registered.json["user"]["id"], registered.json["access_token"]
+    acknowledged: list[int] = []
+    statuses: Counter[int] = Counter()
+    slowest = 0.0
+    writing = True
+
+    async def writer(number: int) -> None:
+        nonlocal slowest
+        count = 0
+        while writing and count < 2000:
+            count += 1
+            started = time.monotonic()
+            answer = await api.post(
+                f"/api/{user_id}/tasks", token=token, json={"title": f"w{number}-{count}"}
+            )
+            slowest = max(slowest, time.monotonic() - started)
+            statuses[answer.status] += 1
+            if answer.status == 201:
+                acknowledged.append(answer.json["id"])
+            else:
+                assert answer.status == 503 and answer.headers["Retry-After"], answer.json
+                await asyncio.sleep(0.05)
+
+    writers = [asyncio.create_task(writer(n)) for n in range(4)]
+    await asyncio.sleep(0.5)
+    before_crash = len(acknowledged)
+    await asyncio.to_thread(private_server.stop, "immediate")  # as in a crash: no clean shutdown
+    await asyncio.sleep(1.0)
+    assert (await api.get("/readyz")).status == 503
+    during_outage = statuses[503]
+    await asyncio.to_thread(private_server.start, private_server.port)
+    recovered_by = time.monotonic() + 15
+    while time.monotonic() < recovered_by and len(acknowledged) < before_crash + 40:  # noqa: ASYNC110 - polls a deadline too
+        await asyncio.sleep(0.1)
+    writing = False
+    await asyncio.gather(*writers)
+
+    assert before_crash > 0 and during_outage > 0, statuses
+    assert len(acknowledged) >= before_crash + 40, "the service did not recover by itself"
+    assert set(statuses) <= {201, 503}, statuses  # never a 500
+    assert slowest < settings.db_acquire_timeout + 3  # answers stay bounded while it is down
+    assert (await api.get("/readyz")).status == 200
+    conn = await asyncpg.connect(private_server.url)
+    try:
+        stored = {row["id"] for row in await conn.fetch("SELECT id FROM tasks WHERE user_id = $1", user_id)}
+    finally:
+        await conn.close()
+    assert set(acknowledged) <= stored
+
+
+async def test_an_exhausted_pool_answers_503_within_the_acquire_timeout(
+    aiohttp_client, settings: Settings
+) -> None:
+    settings = dataclasses.replace(settings, db_pool_min_size=1, db_pool_max_size=1, db_acquire_timeout=0.3)
+    app = create_app(settings)
+    api = ApiClient(await aiohttp_client(app))
+    token = mint_token(1, TEST_SECRET, 600)
+    async with app[PG_POOL].acquire():  # the pool's only connection is busy
+        started = time.monotonic()
+        answer = await api.get("/api/1/tasks", token=token)
+        waited = time.monotonic() - started
+    assert answer.status == 503 and answer.headers["Retry-After"]
+    assert waited < 2
+    assert (await api.get("/api/1/tasks", token=token)).status == 200
+
+
+async def test_a_slow_query_is_cut_off_by_the_statement_timeout(aiohttp_client, settings: Settings) -> None:
+    app = create_app(dataclasses.replace(settings, db_statement_timeout=0.2))
+    await aiohttp_client(app)  # starts the app, and so its pool
+    async with app[PG_POOL].acquire() as conn:
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await conn.execute("SELECT pg_sleep(5)")
