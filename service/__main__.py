@@ -2,25 +2,21 @@
 
 import argparse
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import secrets
-import signal
 import sys
 from collections.abc import Mapping
 from contextlib import ExitStack
 
 import psycopg
 import yoyo.exceptions
-from aiohttp import web
 
-from service.app import create_app
 from service.auth import mint_token
 from service.db import PROJECT_DIR, hide_password, migrate
 from service.devdb import EmbeddedPostgres, EmbeddedPostgresError
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError, jwt_secret_from_env
+from service.workers import serve
 
 DEV_DIR = PROJECT_DIR / ".dev"
 log = logging.getLogger("service")
@@ -117,58 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if args.command == "serve":
             log.info("serving", extra={"host": settings.host, "port": settings.port, "workers": args.workers})
-            return _serve(settings, max(1, args.workers))
-    return 0
-
-
-def _serve_one(settings: Settings, reuse_port: bool) -> None:
-    # run_app stops on SIGTERM or SIGINT: it stops accepting, lets in-flight requests finish
-    # within SHUTDOWN_TIMEOUT, then runs the cleanup contexts (closing the pool).
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port,
-        shutdown_timeout=settings.shutdown_timeout,
-        print=None,
-    )
-
-
-def _serve(settings: Settings, workers: int) -> int:
-    """Serve in this process, or in `workers` forked processes that share the port."""
-    if workers == 1:
-        _serve_one(settings, reuse_port=False)
-        return 0
-    # Each worker binds the port with SO_REUSEPORT, so the kernel spreads connections among
-    # them; each has its own event loop and pool. Signals received here go to every worker.
-    context = multiprocessing.get_context("fork")
-    processes = [
-        context.Process(target=_serve_one, args=(settings, True), name=f"worker-{n}") for n in range(workers)
-    ]
-    for process in processes:
-        process.start()
-
-    signalled: set[int] = set()
-
-    def forward(signum: int, frame: object) -> None:
-        # Once per worker: a second signal would interrupt its graceful shutdown.
-        for process in processes:
-            if process.is_alive() and process.pid is not None and process.pid not in signalled:
-                signalled.add(process.pid)
-                os.kill(process.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    # When any worker ends, end them all: a supervisor (systemd, Kubernetes) restarts the
-    # service whole rather than running it short of workers.
-    multiprocessing.connection.wait([process.sentinel for process in processes])
-    forward(signal.SIGTERM, None)
-    for process in processes:
-        process.join()
-    failed = [process for process in processes if process.exitcode not in (0, -signal.SIGTERM)]
-    if failed:
-        log.error("worker ended unexpectedly", extra={"exit_codes": [p.exitcode for p in processes]})
-        return 1
+            return serve(settings, max(1, args.workers))
     return 0
 
 

@@ -3,9 +3,8 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aiosql
@@ -16,6 +15,7 @@ from yoyo.backends import DatabaseBackend
 from yoyo.migrations import MigrationList
 
 from service.keys import PG_POOL, SETTINGS
+from service.metrics import POOL_WAITING
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SQL_DIR = PROJECT_DIR / "sql"
@@ -50,11 +50,19 @@ def hide_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def connection(request: web.Request) -> AbstractAsyncContextManager[asyncpg.Connection]:
+@asynccontextmanager
+async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection, waited for at most DB_ACQUIRE_TIMEOUT seconds."""
-    app = request.app
-    acquiring = app[PG_POOL].acquire(timeout=app[SETTINGS].db_acquire_timeout)
-    return cast(AbstractAsyncContextManager[asyncpg.Connection], acquiring)
+    pool = request.app[PG_POOL]
+    POOL_WAITING.inc()
+    try:
+        conn = await pool.acquire(timeout=request.app[SETTINGS].db_acquire_timeout)
+    finally:
+        POOL_WAITING.dec()
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
 
 
 async def pg_pool(app: web.Application) -> AsyncIterator[None]:

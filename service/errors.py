@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, cast
 
+import asyncpg
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -12,6 +13,7 @@ from marshmallow import ValidationError
 
 from service.db import UNAVAILABLE_ERRORS
 from service.keys import REQUEST_ID, SETTINGS
+from service.metrics import DB_ERRORS
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "2"
@@ -56,8 +58,10 @@ def problem_response(request: web.Request, problem: Problem) -> web.Response:
     )
 
 
-# What aiohttp's own HTTP errors mean, said for a client.
+# What aiohttp's own HTTP errors mean, said for a client, and the headers they keep.
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 _HTTP_DETAILS = {
+    401: "Valid credentials are required.",
     404: "There is no resource at this URL.",
     405: "This URL does not accept the {method} method.",
     413: "The request body is larger than the {limit} bytes allowed.",
@@ -65,9 +69,7 @@ _HTTP_DETAILS = {
 
 
 def _from_http_exception(request: web.Request, error: web.HTTPException) -> Problem:
-    headers = {}
-    if "Allow" in error.headers:
-        headers["Allow"] = error.headers["Allow"]
+    headers = {name: error.headers[name] for name in _KEPT_HEADERS if name in error.headers}
     template = _HTTP_DETAILS.get(error.status, HTTPStatus(error.status).description + ".")
     detail = template.format(method=request.method, limit=request.app[SETTINGS].max_body_bytes)
     return Problem(error.status, detail, headers=headers)
@@ -90,6 +92,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         return problem_response(request, _from_http_exception(request, error))
     except UNAVAILABLE_ERRORS as error:
+        DB_ERRORS.labels(type(error).__name__).inc()
         log.warning("database unavailable: %s", type(error).__name__)
         return problem_response(
             request,
@@ -99,6 +102,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             ),
         )
-    except Exception:
+    except Exception as error:
+        if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
+            DB_ERRORS.labels(type(error).__name__).inc()
         log.exception("unhandled error")
         return problem_response(request, Problem(500, "An unexpected error occurred."))

@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from service import metrics
 from service.handlers import auth, health, tasks
 
 USER_TASKS = "/api/{user_id:[0-9]+}/tasks"
@@ -12,6 +13,7 @@ def setup_routes(app: web.Application) -> None:
     router = app.router
     router.add_get("/healthz", health.healthz, name="healthz", allow_head=False)
     router.add_get("/readyz", health.readyz, name="readyz", allow_head=False)
+    router.add_get("/metrics", metrics.metrics, name="metrics", allow_head=False)
     router.add_post("/api/auth/register", auth.register, name="register")
     router.add_post("/api/auth/login", auth.login, name="login")
     router.add_get("/api/auth/me", auth.me, name="me", allow_head=False)

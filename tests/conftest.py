@@ -13,7 +13,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -167,13 +167,18 @@ class OneConnectionPool:
         self._conn = conn
         self._lock = asyncio.Lock()
 
-    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[asyncpg.Connection]:
-        return self._lease()
+    async def acquire(self, *, timeout: float | None = None) -> asyncpg.Connection:  # noqa: ASYNC109
+        await self._lock.acquire()
+        return self._conn
 
-    @asynccontextmanager
-    async def _lease(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self._lock:
-            yield self._conn
+    async def release(self, conn: asyncpg.Connection) -> None:
+        self._lock.release()
+
+    def get_size(self) -> int:
+        return 1
+
+    def get_idle_size(self) -> int:
+        return 0 if self._lock.locked() else 1
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ from service.auth import check_password, hash_password, mint_token, needs_rehash
 from service.db import connection, queries
 from service.errors import Problem
 from service.keys import DUMMY_PASSWORD_HASH, SETTINGS, USER_ID
+from service.limits import check_login
 from service.schemas import LOGIN, REGISTER, TOKEN_GRANT, USER, json_response, load_body
 
 
@@ -37,6 +38,7 @@ async def register(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     """Exchange email and password for an access token."""
     fields = await load_body(request, LOGIN)
+    check_login(request, fields["email"])
     async with connection(request) as conn:
         user = await queries.get_login(conn, email=fields["email"])
     # An unknown email costs one hash check too, so timing does not tell which emails exist.

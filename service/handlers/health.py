@@ -5,9 +5,8 @@ import asyncio
 import asyncpg
 from aiohttp import web
 
-from service.db import HEAD_MIGRATIONS, UNAVAILABLE_ERRORS, queries
+from service.db import HEAD_MIGRATIONS, UNAVAILABLE_ERRORS, connection, queries
 from service.errors import RETRY_AFTER_SECONDS, Problem
-from service.keys import PG_POOL
 from service.schemas import json_response
 
 READY_TIMEOUT_SECONDS = 2.0
@@ -26,7 +25,7 @@ async def readyz(request: web.Request) -> web.Response:
     """The database answers and its schema is at the head migration; 503 otherwise."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            async with request.app[PG_POOL].acquire() as conn:
+            async with connection(request) as conn:
                 rows = [row async for row in queries.applied_migrations(conn)]
     except asyncpg.UndefinedTableError:
         rows = []

@@ -1,0 +1,108 @@
+"""Prometheus metrics: what is measured, the middleware and task that measure it, GET /metrics.
+
+With several workers (`serve --workers N`) every worker writes its samples to files in
+PROMETHEUS_MULTIPROC_DIR, and whichever worker a scrape reaches sums them all up.
+"""
+
+import asyncio
+import hmac
+import os
+import platform
+import time
+from collections.abc import AsyncIterator
+
+import prometheus_client
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import multiprocess
+
+from service.keys import PG_POOL, SETTINGS
+
+REQUESTS = prometheus_client.Counter(
+    "taskapi_http_requests_total",
+    "HTTP requests answered, by route and status.",
+    ["route", "method", "status"],
+)
+LATENCY = prometheus_client.Histogram(
+    "taskapi_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route.",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+IN_FLIGHT = prometheus_client.Gauge(
+    "taskapi_http_requests_in_flight", "HTTP requests being answered now.", multiprocess_mode="livesum"
+)
+POOL_CONNECTIONS = prometheus_client.Gauge(
+    "taskapi_db_pool_connections",
+    "Database connections of the pools: open, in use by a request, or idle.",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+POOL_WAITING = prometheus_client.Gauge(
+    "taskapi_db_pool_waiting", "Requests waiting for a database connection.", multiprocess_mode="livesum"
+)
+DB_ERRORS = prometheus_client.Counter(
+    "taskapi_db_errors_total", "Requests that failed on the database, by kind of error.", ["kind"]
+)
+BUILD_INFO = prometheus_client.Gauge(
+    "taskapi_build_info",
+    "Always 1; the labels say what runs.",
+    ["version", "python"],
+    multiprocess_mode="max",
+)
+VERSION = "0.1.0"
+POOL_SAMPLE_SECONDS = 1.0
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by its route's name (never its raw path: ids would make
+    every task a time series of its own)."""
+    started = time.perf_counter()
+    IN_FLIGHT.inc()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        IN_FLIGHT.dec()
+        route = request.match_info.route.name or "unmatched"
+        REQUESTS.labels(route, request.method, str(status)).inc()
+        LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+
+
+async def pool_metrics(app: web.Application) -> AsyncIterator[None]:
+    """Sample the pool's connections every second while the app runs."""
+    BUILD_INFO.labels(VERSION, platform.python_version()).set(1)
+
+    async def sample() -> None:
+        while True:
+            pool = app[PG_POOL]
+            size, idle = pool.get_size(), pool.get_idle_size()
+            POOL_CONNECTIONS.labels("open").set(size)
+            POOL_CONNECTIONS.labels("idle").set(idle)
+            POOL_CONNECTIONS.labels("in_use").set(size - idle)
+            await asyncio.sleep(POOL_SAMPLE_SECONDS)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The metrics in Prometheus text format; needs `Bearer <METRICS_TOKEN>` when that is set."""
+    token = request.app[SETTINGS].metrics_token
+    if token:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = prometheus_client.REGISTRY
+    body = prometheus_client.generate_latest(registry)
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
