@@ -15,7 +15,6 @@ from service.auth import mint_token
 
 # Seeded tasks start this long ago, one second apart, so "newest first" is a real order.
 HISTORY_START = timedelta(days=30)
-DELETABLE_USERS = 100
 SHUFFLE_SEED = 5
 
 
@@ -117,7 +116,9 @@ def _task_rows(
 
 
 async def _seed(database_url: str, plan: SeedPlan, password_hash: str) -> list[asyncpg.Record]:
-    deletable_users = DELETABLE_USERS if plan.deletable_tasks else 0
+    # As many owners of deletable tasks as ordinary users, so that deleting them runs into the
+    # per-user write limit (RATE_LIMIT_WRITES) no sooner than the other writes do.
+    deletable_users = min(plan.users, plan.deletable_tasks)
     user_count = plan.users + 1 + deletable_users
     conn = await asyncpg.connect(database_url)
     try:

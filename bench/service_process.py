@@ -18,6 +18,7 @@ from service.db import PROJECT_DIR
 READY_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 30
 LOG_TAIL_CHARACTERS = 3000
+LISTEN_STATE = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
 class ServiceError(RuntimeError):
@@ -41,6 +42,28 @@ def rss_kib(pid: int) -> int | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return None
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in map(int, children.read_text().split()):
+                found += [child, *_descendants(child)]
+    return found
+
+
+def _listening_socket_inodes(port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on `port`, from /proc/net/tcp and tcp6."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_address, state, inode = fields[1], fields[3], fields[9]
+                if state == LISTEN_STATE and int(local_address.rpartition(":")[2], 16) == port:
+                    inodes.add(inode)
+    return inodes
 
 
 class ServiceProcess:
@@ -110,23 +133,18 @@ class ServiceProcess:
         raise ServiceError(f"/readyz did not answer 200 within {READY_TIMEOUT_SECONDS} s:\n{self.log_tail()}")
 
     def worker_pids(self) -> list[int]:
-        """The processes that serve: the forked workers, or the process itself with one worker."""
+        """The processes that serve: those holding a socket listening on the port (with
+        --workers N, each worker has its own, through SO_REUSEPORT), however they were started."""
         if self.process is None:
             return []
-        if self.workers == 1:
-            return [self.process.pid]
-        parent = self.process.pid
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-            own_command = Path(f"/proc/{parent}/cmdline").read_bytes()
-        except OSError:
-            return []
-        # Forked workers have the parent's command line; a helper process would not.
+        listening = _listening_socket_inodes(self.port)
         pids = []
-        for child in map(int, children):
+        for pid in [self.process.pid, *_descendants(self.process.pid)]:
             with contextlib.suppress(OSError):
-                if Path(f"/proc/{child}/cmdline").read_bytes() == own_command:
-                    pids.append(child)
+                fds = Path(f"/proc/{pid}/fd")
+                links = {os.readlink(fds / fd) for fd in os.listdir(fds)}
+                if any(f"socket:[{inode}]" in links for inode in listening):
+                    pids.append(pid)
         return sorted(pids)
 
     def worker_rss_kib(self) -> dict[int, int | None]:
