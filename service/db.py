@@ -78,13 +78,15 @@ async def pg_pool(app: web.Application) -> AsyncIterator[None]:
         "max_size": settings.db_pool_max_size,
         "timeout": settings.db_acquire_timeout,  # to connect
         "command_timeout": settings.db_command_timeout,
-        # One slow query cannot hold a connection (and a request) for long.
-        "server_settings": {"statement_timeout": str(int(settings.db_statement_timeout * 1000))},
     }
     if settings.db_pgbouncer:
         # PgBouncer in transaction mode may hand each transaction another server connection,
-        # where a statement asyncpg prepared earlier does not exist.
+        # where a statement asyncpg prepared earlier does not exist. It also refuses unknown
+        # startup parameters, so statement_timeout has to be set on the role there.
         options["statement_cache_size"] = 0
+    else:
+        # One slow query cannot hold a connection (and a request) for long.
+        options["server_settings"] = {"statement_timeout": str(int(settings.db_statement_timeout * 1000))}
     try:
         pool = await asyncpg.create_pool(min_size=settings.db_pool_min_size, **options)
         await pool.fetchval("SELECT 1")

@@ -92,9 +92,10 @@ def free_port() -> int:
 
 @contextmanager
 def running_service(
-    database_url: str, *, workers: int = 1, **env: str
+    database_url: str, *, workers: int = 1, probe: str = "/readyz", **env: str
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The real service in a process of its own, as production runs it; yields its base URL."""
+    """The real service in a process of its own, as production runs it, once `probe` answers
+    200; yields its base URL."""
     port = free_port()
     environment = {
         **os.environ,
@@ -114,7 +115,7 @@ def running_service(
             assert process.poll() is None, "the service exited at start"
             assert time.monotonic() < deadline, "the service did not become ready"
             try:
-                with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:
+                with urllib.request.urlopen(f"{base_url}{probe}", timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:
