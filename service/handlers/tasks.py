@@ -14,7 +14,6 @@ from service.errors import Problem
 from service.keys import SETTINGS, USER_ID
 from service.listing import DEFAULT_ORDER, Listing, cursor_secret, fetch_page, make_cursor, read_cursor
 from service.schemas import (
-    TASK,
     TASK_COMPLETE,
     TASK_CREATE,
     TASK_LIST_QUERY,
@@ -22,6 +21,7 @@ from service.schemas import (
     json_response,
     load_body,
     load_query,
+    task_document,
 )
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ async def list_tasks(request: web.Request) -> web.Response:
         next_query.popall("cursor", None)
         next_query["cursor"] = make_cursor(secret, listing, next_after)
         headers["Link"] = f'<{request.url.with_query(next_query)}>; rel="next"'
-    return json_response(TASK.dump(rows, many=True), headers=headers)
+    return json_response([task_document(row) for row in rows], headers=headers)
 
 
 def _filters(query: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +96,7 @@ async def create_task(request: web.Request) -> web.Response:
         raise unauthorized("The token's user no longer exists.") from None
     log.info("task created", extra={"user_id": user_id, "task_id": row["id"]})
     location = request.app.router["task"].url_for(user_id=str(user_id), task_id=str(row["id"]))
-    return json_response(TASK.dump(row), status=201, headers={"Location": str(location)})
+    return json_response(task_document(row), status=201, headers={"Location": str(location)})
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -106,7 +106,7 @@ async def get_task(request: web.Request) -> web.Response:
         row = await queries.get_task(conn, user_id=request[USER_ID], task_id=task_id)
     if row is None:
         raise _not_found(task_id)
-    return json_response(TASK.dump(row))
+    return json_response(task_document(row))
 
 
 async def update_task(request: web.Request) -> web.Response:
@@ -124,7 +124,7 @@ async def update_task(request: web.Request) -> web.Response:
     )
     row = await _save(request, task_id, queries.update_task, changes)
     log.info("task updated", extra={"user_id": request[USER_ID], "task_id": task_id})
-    return json_response(TASK.dump(row))
+    return json_response(task_document(row))
 
 
 async def delete_task(request: web.Request) -> web.Response:
@@ -146,7 +146,7 @@ async def complete_task(request: web.Request) -> web.Response:
     fields = await load_body(request, TASK_COMPLETE) if request.body_exists else {}
     row = await _save(request, task_id, queries.complete_task, {"completed": fields.get("completed")})
     log.info("task updated", extra={"user_id": request[USER_ID], "task_id": task_id})
-    return json_response(TASK.dump(row))
+    return json_response(task_document(row))
 
 
 async def _save(request: web.Request, task_id: int, query: Any, changes: dict[str, Any]) -> asyncpg.Record:
