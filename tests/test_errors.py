@@ -1,5 +1,6 @@
 """Errors: every failure is problem+json, hostile bytes get a 4xx, nothing internal leaks."""
 
+import io
 import logging
 
 import pytest
@@ -118,3 +119,45 @@ async def test_an_unsafe_request_id_is_replaced(api: ApiClient, request_id: str)
     answer = await api.get("/healthz", headers={"X-Request-Id": request_id})
     assert answer.headers["X-Request-Id"] != request_id
     assert len(answer.headers["X-Request-Id"]) == 32
+
+
+async def test_a_10_mb_body_is_413(api: ApiClient, alice: User) -> None:
+    body = io.BytesIO(b'{"title": "' + b"x" * (10 * 1024 * 1024) + b'"}')
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {alice.token}"}
+    async with api.client.post(alice.tasks, data=body, headers=headers) as response:
+        assert response.status == 413
+        assert response.content_type == PROBLEM_CONTENT_TYPE
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/%D9%A1/tasks",  # an Arabic-Indic digit one: not an id
+        "/api/1/tasks/%00",
+        "/api/1/tasks/1%20OR%201=1",
+        "/api/1/tasks/-1",
+        "/api/1/tasks/1.5",
+    ],
+)
+async def test_hostile_paths_are_unknown_urls(api: ApiClient, alice: User, path: str) -> None:
+    answer = await api.get(path, token=alice.token)
+    assert answer.status == 404
+    assert answer.content_type == PROBLEM_CONTENT_TYPE
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"title": ["list"]},
+        {"title": {"nested": "object"}},
+        {"title": "t", "description": 12},
+        {"title": "t", "tags": [["nested"]]},
+        {"title": "t", "recurrence": {"every": "day", "interval": 2**63}},
+        {"title": "t", "due_date": "9999-99-99T99:99:99Z"},
+        {"title": "t", "priority": None},
+    ],
+)
+async def test_wrong_types_are_400_naming_the_field(api: ApiClient, alice: User, body: dict) -> None:
+    answer = await api.post(alice.tasks, token=alice.token, json=body)
+    assert answer.status == 400
+    assert answer.json["errors"]
