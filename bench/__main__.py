@@ -186,6 +186,8 @@ class Run:
 
     options: Options
     stamp: str = dataclasses.field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
+    # Taken before the service starts: the code measured, even if someone commits meanwhile.
+    revision: str = dataclasses.field(default_factory=lambda: _git_revision())
     measurements: list[Measurement] = dataclasses.field(default_factory=list)
     memory: dict[str, Any] = dataclasses.field(default_factory=dict)
     deep_page: DeepPage | None = None
@@ -278,12 +280,15 @@ def _load(run: Run, service: ServiceProcess, dataset: Dataset, work_dir: Path) -
             log.warning("%s", error)
             measurement = Measurement.not_run(row_name, connections, "wrk", str(error))
         measurement.service_cpu_percent, measurement.machine_cpu_percent = clock.stop()
+        measurement.service_cpu_system_share = clock.system_share
         if profiler is not None:
             try:
                 run.profiles.append(profiler.finish(row_name))
             except ProfileError as error:
                 run.notes.append(f"profile of {row_name}: {error}")
             measurement.notes.append("profiled with py-spy while measured (sampling costs a little)")
+            if clock.system_share is not None:
+                measurement.notes.append(f"{clock.system_share:.0%} of the workers' CPU was in the kernel")
         if scenario == "deep" and run.deep_page is not None:
             measurement.notes.append(f"page {run.deep_page.page} of the heavy user's listing")
         run.measurements.append(measurement)
@@ -334,12 +339,27 @@ def execute(run: Run, server_url: str | None) -> None:
                 _load(run, service, dataset, work_dir)
             finally:
                 run.memory["after_kib"] = service.worker_rss_kib()
-                problems = [line for line in service.log_tail().splitlines() if '"level":"ERROR"' in line]
-                if problems:
-                    run.notes.append(f"the service logged {len(problems)} errors; last: {problems[-1][:300]}")
+                _keep_service_log(run, service.log_path)
             exit_code = service.stop()
             if exit_code not in (0, None):
                 run.notes.append(f"the service exited with {exit_code} on SIGTERM")
+
+
+def _keep_service_log(run: Run, log_path: Path) -> None:
+    """Copy the service's log (warnings and errors only) beside the results, and count them."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return
+    kept = run.options.results_dir / f"{run.stamp}-service.log"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(text)
+    for level in ("WARNING", "ERROR"):
+        lines = [line for line in text.splitlines() if f'"level":"{level}"' in line]
+        if lines:
+            run.notes.append(
+                f"the service logged {len(lines)} {level} lines ({_shown(kept)}); last: {lines[-1][:300]}"
+            )
 
 
 def _git_revision() -> str:
@@ -387,7 +407,7 @@ def report(run: Run, started_at: str, elapsed: float) -> None:
     record = {
         "started_at": started_at,
         "elapsed_seconds": round(elapsed, 1),
-        "revision": _git_revision(),
+        "revision": run.revision,
         "machine": {
             "cores": os.cpu_count(),
             "platform": platform.platform(),
@@ -415,7 +435,7 @@ def report(run: Run, started_at: str, elapsed: float) -> None:
         save_plot(
             png_path,
             run.measurements,
-            f"{started_at}, {options.workers} workers, rev {record['revision']}",
+            f"{started_at}, {options.workers} workers, rev {run.revision}",
             options.connections,
         )
         print(

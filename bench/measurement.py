@@ -22,6 +22,7 @@ class Measurement:
     # CPU while it ran: the service's workers, as % of one core; the machine, as % of all cores.
     service_cpu_percent: float | None = None
     machine_cpu_percent: float | None = None
+    service_cpu_system_share: float | None = None  # of the workers' CPU, the part in the kernel
     error_detail: dict[str, int] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     skipped: str | None = None

@@ -13,9 +13,13 @@ INSTALL_HINT = "py-spy is not installed: pip install -e '.[bench]' (or pip insta
 # A sample goes to the first of these found walking its stack from the innermost frame out;
 # C code (orjson, asyncpg's protocol, hashing) counts in the Python frame that called it.
 CATEGORIES = (
+    # With uvloop the loop itself is C: a sample whose innermost Python frame is run_app is in
+    # the loop's own polling, socket reads and callback dispatch (and the syscalls under them).
+    ("event loop in C (uvloop: polling, socket reads)", "run_app ("),
     ("marshmallow (schema load/dump)", "/marshmallow/"),
     ("PyJWT (token decode)", "/jwt/"),
     ("logging", "/logging/"),
+    ("prometheus_client (metrics)", "/prometheus_client/"),
     ("asyncpg (pool, protocol)", "/asyncpg/"),
     ("yarl / multidict (URLs, headers)", "/yarl/"),
     ("aiohttp (HTTP, routing, responses)", "/aiohttp/"),

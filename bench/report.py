@@ -232,9 +232,9 @@ def save_plot(path: Path, measurements: list[Measurement], title: str, load_conn
     throughput.set_xlabel("requests/s (pgbench: transactions/s)")
     throughput.set_xscale("log")
     for index, m in enumerate(rows):
-        throughput.annotate(
-            f" {m.requests_per_second:,.0f}", (m.requests_per_second, index), va="center", fontsize=8
-        )
+        label = f" {m.requests_per_second:,.0f}" + (f"  ({m.errors:,} errors)" if m.errors else "")
+        colour = "tab:red" if m.errors else "black"
+        throughput.annotate(label, (m.requests_per_second, index), va="center", fontsize=8, color=colour)
     latency.barh(labels, [m.p99_ms or 0 for m in rows], color=colours)
     latency.set_xlabel("p99 latency, ms (log scale)")
     latency.set_xscale("log")
