@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import aiosql
 import asyncpg
 from aiohttp import web
 from yoyo import get_backend, read_migrations
@@ -16,6 +15,7 @@ from yoyo.migrations import MigrationList
 
 from service.keys import PG_POOL, SETTINGS
 from service.metrics import POOL_WAITING
+from service.queries import Queries
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SQL_DIR = PROJECT_DIR / "sql"
@@ -23,7 +23,7 @@ MIGRATIONS_DIR = PROJECT_DIR / "migrations"
 
 # Read once at import, before any event loop runs; every file's queries share one namespace:
 # queries.get_task(conn, user_id=..., task_id=...).
-queries = aiosql.from_path(SQL_DIR, "asyncpg")
+queries = Queries(SQL_DIR)
 
 # Errors that mean "the database cannot serve this now", answered 503 with Retry-After rather
 # than 500: it is refused, gone, restarting, overloaded, or too slow.

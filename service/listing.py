@@ -15,10 +15,10 @@ import orjson
 
 from service.db import SQL_DIR
 from service.errors import Problem
+from service.queries import numbered
 
 _TEMPLATE = (SQL_DIR / "list_tasks.sql.template").read_text()
 _OPTIONAL_LINE = re.compile(r"^(?P<sql>.*?)\s*--if (?P<name>\w+)\s*$")
-_PARAMETER = re.compile(r"(?<!:):(?P<name>[a-z_]+)\b")
 _CURSOR_VERSION = 1
 
 
@@ -77,13 +77,7 @@ def page_statement(sort: str, order: str, given: frozenset[str]) -> tuple[str, t
         lines.append(line)
     sql = "\n".join(lines).format(**dataclasses.asdict(sort_order), after=sort_order.after)
     names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match["name"] not in names:
-            names.append(match["name"])
-        return f"${names.index(match['name']) + 1}"
-
-    return _PARAMETER.sub(number, sql), tuple(names)
+    return numbered(sql, names), tuple(names)
 
 
 @dataclasses.dataclass(frozen=True)

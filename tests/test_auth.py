@@ -1,5 +1,6 @@
 """Accounts and tokens: register, log in, me, and every way a token can be wrong."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -173,3 +174,24 @@ async def test_a_token_within_the_leeway_is_accepted(api: ApiClient, alice: User
 async def test_the_bearer_scheme_is_case_insensitive(api: ApiClient, alice: User) -> None:
     answer = await api.get(alice.tasks, headers={"Authorization": f"bearer {alice.token}"})
     assert answer.status == 200
+
+
+async def test_a_token_seen_before_is_refused_once_it_expires(api: ApiClient, alice: User) -> None:
+    now = int(time.time())
+    leeway = 10  # JWT_LEEWAY_SECONDS's default, which the test app uses
+    token = jwt.encode(_claims(alice, iat=now - 60, exp=now - leeway + 1), TEST_SECRET, algorithm="HS256")
+    assert (await api.get(alice.tasks, token=token)).status == 200  # verified, and remembered
+    await asyncio.sleep(2.1)
+    answer = await api.get(alice.tasks, token=token)
+    assert answer.status == 401 and answer.json["detail"] == "The token has expired."
+
+
+async def test_a_token_verified_under_one_secret_is_not_taken_under_another(
+    aiohttp_client, make_app, alice: User
+) -> None:
+    first = ApiClient(await aiohttp_client(make_app()))
+    assert (await first.get(alice.tasks, token=alice.token)).status == 200
+    second = ApiClient(
+        await aiohttp_client(make_app(jwt_secret="another-secret-of-enough-length-for-hs256!"))
+    )
+    assert (await second.get(alice.tasks, token=alice.token)).status == 401

@@ -26,7 +26,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             async with connection(request) as conn:
-                rows = [row async for row in queries.applied_migrations(conn)]
+                rows = await queries.applied_migrations(conn)
     except asyncpg.UndefinedTableError:
         rows = []
     except UNAVAILABLE_ERRORS:
