@@ -22,3 +22,4 @@ LOGIN_LIMITER = web.AppKey["RateLimiter"]("LOGIN_LIMITER")
 
 USER_ID = web.RequestKey("USER_ID", int)
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)
+ROUTE = web.RequestKey("ROUTE", str)  # the matched route's name, for the access log

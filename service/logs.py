@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
-from service.keys import REQUEST_ID, USER_ID
+from service.keys import REQUEST_ID, ROUTE, USER_ID
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # A client's request id is echoed only when it is short and harmless in a log line or header.
@@ -78,6 +78,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     if not _CLIENT_REQUEST_ID.fullmatch(request_id):
         request_id = uuid.uuid4().hex
     request[REQUEST_ID] = request_id
+    request[ROUTE] = request.match_info.route.name or "unmatched"
     token = _request_id.set(request_id)
     try:
         response = await handler(request)
@@ -91,7 +92,7 @@ class AccessLogger(AbstractAccessLogger):
     """One line per answered request: route, status, duration, request id and user."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        route = request.match_info.route.name if isinstance(request, web.Request) else None
+        route = request.get(ROUTE)  # none for a request aiohttp could not even parse
         self.logger.info(
             "%s %s %s",
             request.method,

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import multiprocess
 
-from service.keys import PG_POOL, SETTINGS
+from service.keys import PG_POOL, ROUTE, SETTINGS
 
 REQUESTS = prometheus_client.Counter(
     "taskapi_http_requests_total",
@@ -67,7 +67,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     finally:
         IN_FLIGHT.dec()
-        route = request.match_info.route.name or "unmatched"
+        route = request.get(ROUTE, "unmatched")
         REQUESTS.labels(route, request.method, str(status)).inc()
         LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
 

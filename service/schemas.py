@@ -49,12 +49,31 @@ class UtcDateTime(fields.Field[datetime]):
 
 
 class StrictInteger(fields.Integer):
-    """A JSON integer, never a string, a boolean or a fraction."""
+    """A JSON integer, never a string, a boolean or a fraction; 2.0 is one, as JSON Schema says."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValidationError("Must be an integer.")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+class DateTime(fields.AwareDateTime):
+    """An RFC 3339 date-time with an offset, its year as written from 1900 to 8999: far enough
+    from the ends of what PostgreSQL and Python can hold that a time zone or a repeat rule
+    never pushes it past them."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="iso", validate=_year_in_range, **kwargs)
+
+
+def _year_in_range(value: datetime) -> None:
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
+        raise ValidationError(f"The year must be from {FIRST_YEAR} to {LAST_YEAR}.")
+
+
+FIRST_YEAR, LAST_YEAR = 1900, 8999
 
 
 PRIORITIES = {"low": 0, "medium": 1, "high": 2}
@@ -77,13 +96,12 @@ MAX_TAGS = 20
 
 
 def normalise_tag(value: Any) -> str:
-    """A tag trimmed and checked: a string of 1 to 50 characters."""
+    """A tag checked (1 to 50 characters, not blank, no NUL) and trimmed."""
     if not isinstance(value, str):
         raise ValidationError("Each tag must be a string.")
-    tag = value.strip()
-    if not 1 <= len(tag) <= 50 or "\x00" in tag:
-        raise ValidationError("Each tag must have 1 to 50 characters (trimmed) and no NUL.")
-    return tag
+    if not 1 <= len(value) <= 50 or "\x00" in value or not value.strip(WHITESPACE):
+        raise ValidationError("Each tag must have 1 to 50 characters, not all blank, and no NUL.")
+    return value.strip(WHITESPACE)
 
 
 class Tags(fields.Field[list[str]]):
@@ -101,8 +119,17 @@ class Tags(fields.Field[list[str]]):
         return [unique[key] for key in sorted(unique)]
 
 
+# Blank means only these: ECMAScript's whitespace and line terminators, which JSON Schema's
+# regular expressions (and so openapi.yaml's patterns) use. Python's own str.strip() differs.
+WHITESPACE = (
+    "\t\n\v\f\r \u00a0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
 def not_blank(value: str) -> None:
-    if not value.strip():
+    if not value.strip(WHITESPACE):
         raise ValidationError("Must not be blank.")
 
 
@@ -119,8 +146,8 @@ class TaskFields(Schema):
     completed = StrictBoolean()
     priority = Priority()
     tags = Tags()
-    due_date = fields.AwareDateTime(format="iso", allow_none=True)
-    remind_at = fields.AwareDateTime(format="iso", allow_none=True)
+    due_date = DateTime(allow_none=True)
+    remind_at = DateTime(allow_none=True)
     recurrence = fields.Nested(Recurrence, allow_none=True)
 
     @post_load
@@ -138,8 +165,8 @@ class TaskCreate(TaskFields):
     completed = StrictBoolean(load_default=False)
     priority = Priority(load_default=PRIORITIES["medium"])
     tags = Tags(load_default=list)
-    due_date = fields.AwareDateTime(format="iso", allow_none=True, load_default=None)
-    remind_at = fields.AwareDateTime(format="iso", allow_none=True, load_default=None)
+    due_date = DateTime(allow_none=True, load_default=None)
+    remind_at = DateTime(allow_none=True, load_default=None)
     recurrence = fields.Nested(Recurrence, allow_none=True, load_default=None)
 
 
@@ -180,11 +207,11 @@ class TaskListQuery(Schema):
     """The query string of GET /api/{user_id}/tasks."""
 
     status = fields.String(load_default="all", validate=validate.OneOf(["all", "pending", "completed"]))
-    priority = fields.List(Priority())
-    tag = fields.List(fields.Function(deserialize=normalise_tag))
+    priority = fields.List(Priority(), validate=validate.Length(max=3))
+    tag = fields.List(fields.Function(deserialize=normalise_tag), validate=validate.Length(max=MAX_TAGS))
     q = Text(validate=validate.Length(min=1, max=200))
-    due_before = fields.AwareDateTime(format="iso")
-    due_after = fields.AwareDateTime(format="iso")
+    due_before = DateTime()
+    due_after = DateTime()
     overdue = fields.Boolean(truthy={"true"}, falsy={"false"})
     sort = fields.String(load_default="created", validate=validate.OneOf(list(DEFAULT_ORDER)))
     order = fields.String(validate=validate.OneOf(["asc", "desc"]))

@@ -51,7 +51,8 @@ RETURNING *;
 -- name: repeat_task(user_id, task_id)^
 -- Create the next occurrence of a completed repeating task and link it as next_task_id. Its due
 -- date (now, if it had none) and reminder move on by the rule, in UTC; month ends clamp, so
--- Jan 31 + 1 month is Feb 28, or Feb 29 in a leap year.
+-- Jan 31 + 1 month is Feb 28, or Feb 29 in a leap year. A series ends (no row) rather than run
+-- past the year 9000, which keeps every date far from the end of what can be stored.
 WITH done AS (
     SELECT tasks.*,
            CASE recurrence_every
@@ -65,11 +66,12 @@ WITH done AS (
 ), next AS (
     INSERT INTO tasks (user_id, title, description, priority, tags, due_date, remind_at,
                        recurrence_every, recurrence_interval)
-    SELECT user_id, title, description, priority, tags,
-           (coalesce(due_date, statement_timestamp()) AT TIME ZONE 'UTC' + step) AT TIME ZONE 'UTC',
-           (remind_at AT TIME ZONE 'UTC' + step) AT TIME ZONE 'UTC',
+    SELECT user_id, title, description, priority, tags, next_due, next_remind,
            recurrence_every, recurrence_interval
-    FROM done
+    FROM done,
+         LATERAL (SELECT (coalesce(due_date, statement_timestamp()) AT TIME ZONE 'UTC' + step) AT TIME ZONE 'UTC',
+                         (remind_at AT TIME ZONE 'UTC' + step) AT TIME ZONE 'UTC') AS moved (next_due, next_remind)
+    WHERE next_due < '9000-01-01T00:00:00Z' AND coalesce(next_remind < '9000-01-01T00:00:00Z', true)
     RETURNING id
 )
 UPDATE tasks

@@ -75,3 +75,16 @@ async def test_no_token_password_or_secret_is_ever_logged(
     ]:
         assert secret not in output
     assert "$argon2" not in output
+
+
+async def test_a_request_aiohttp_cannot_parse_is_logged_without_an_error(
+    aiohttp_client, make_app, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await aiohttp_client(make_app())
+    with caplog.at_level(logging.INFO):
+        async with client.get("/healthz?" + "x" * 9000) as response:  # past aiohttp's 8 KiB request line
+            assert response.status == 400
+    # aiohttp itself reports the malformed request; our access log must record it, not crash.
+    ours = [record for record in caplog.records if record.name != "aiohttp.server"]
+    assert not [record for record in ours if record.levelno >= logging.ERROR]
+    assert [record for record in ours if getattr(record, "status", None) == 400]

@@ -201,3 +201,59 @@ async def test_completing_a_plain_task_creates_nothing(api: ApiClient, alice: Us
     done = (await api.patch(f"{alice.tasks}/{task['id']}/complete", token=alice.token)).json
     assert done["next_task_id"] is None
     assert len((await api.get(alice.tasks, token=alice.token)).json) == 1
+
+
+# Found by the contract fuzzer (tests/test_fuzz.py): each once answered 500 or broke a listing.
+
+
+@pytest.mark.parametrize(
+    "due",
+    [
+        "0001-01-01T00:00:00Z",  # stored as -infinity, and every later listing failed
+        "9999-12-31T23:59:59.999999Z",  # stored as infinity
+        "9999-12-31T23:30:00-01:00",  # past the year 9999 in UTC
+        "1899-12-31T23:59:59Z",
+        "9000-01-01T00:00:00Z",
+    ],
+)
+async def test_dates_outside_the_years_1900_to_8999_are_400(api: ApiClient, alice: User, due: str) -> None:
+    answer = await api.post(
+        alice.tasks, token=alice.token, json={"title": "t", "due_date": due, "remind_at": due}
+    )
+    assert answer.status == 400 and set(answer.json["errors"]) == {"due_date", "remind_at"}
+    filtered = await api.get(f"{alice.tasks}?due_after={due.replace('+', '%2B')}", token=alice.token)
+    assert filtered.status == 400 and list(filtered.json["errors"]) == ["due_after"]
+    assert (await api.get(alice.tasks, token=alice.token)).status == 200
+
+
+@pytest.mark.parametrize("due", ["1900-01-01T00:00:00+01:00", "8999-12-31T23:59:59-12:00"])
+async def test_the_years_1900_and_8999_are_allowed(api: ApiClient, alice: User, due: str) -> None:
+    task = await create(api, alice, due_date=due)
+    assert (await api.get(f"{alice.tasks}/{task['id']}", token=alice.token)).json == task
+
+
+async def test_a_series_ends_before_the_year_9000(api: ApiClient, alice: User) -> None:
+    task = await create(api, alice, due_date="8999-06-01T00:00:00Z", recurrence={"every": "year"})
+    done = (await api.patch(f"{alice.tasks}/{task['id']}/complete", token=alice.token)).json
+    assert done["completed"] is True and done["next_task_id"] is None
+    assert len((await api.get(alice.tasks, token=alice.token)).json) == 1
+
+
+async def test_blank_means_json_schemas_whitespace(api: ApiClient, alice: User) -> None:
+    assert (await api.post(alice.tasks, token=alice.token, json={"title": "\ufeff\u3000"})).status == 400
+    assert (await api.post(alice.tasks, token=alice.token, json={"title": "\u001e"})).status == 201
+
+
+@pytest.mark.parametrize("tag", ["", "   ", "\ufeff", "x" * 51, " " + "x" * 50])
+async def test_tags_are_checked_as_given(api: ApiClient, alice: User, tag: str) -> None:
+    answer = await api.post(alice.tasks, token=alice.token, json={"title": "t", "tags": [tag]})
+    assert answer.status == 400 and list(answer.json["errors"]) == ["tags"]
+
+
+async def test_a_whole_float_is_an_integer(api: ApiClient, alice: User) -> None:
+    task = await create(api, alice, recurrence={"every": "day", "interval": 2.0})
+    assert task["recurrence"] == {"every": "day", "interval": 2}
+    bad = await api.post(
+        alice.tasks, token=alice.token, json={"title": "t", "recurrence": {"every": "day", "interval": 2.5}}
+    )
+    assert bad.status == 400

@@ -158,6 +158,8 @@ async def _save(request: web.Request, task_id: int, query: Any, changes: dict[st
             raise _not_found(task_id)
         # A task continues its series once; reopening and completing it again repeats nothing.
         if row["completed"] and row["recurrence_every"] is not None and row["next_task_id"] is None:
-            row = await queries.repeat_task(conn, user_id=user_id, task_id=task_id)
-            log.info("task created", extra={"user_id": user_id, "task_id": row["next_task_id"]})
+            repeated = await queries.repeat_task(conn, user_id=user_id, task_id=task_id)
+            if repeated is not None:  # None: the series has reached its end
+                row = repeated
+                log.info("task created", extra={"user_id": user_id, "task_id": row["next_task_id"]})
     return row
