@@ -208,7 +208,11 @@ def _ceiling(run: Run, database_url: str, dataset: Dataset, work_dir: Path) -> N
         name = f"pgbench {scenario}"
         try:
             pgbench = find_pgbench()
-            script, notes = pgbench_script(*statement(), dataset)
+            try:
+                script, notes = pgbench_script(*statement(), dataset)
+            except (AttributeError, KeyError, TypeError, ValueError) as error:
+                # The SQL is read from the service's own loading code, which may change shape.
+                raise CeilingError(f"cannot read the service's {scenario} SQL: {error!r}") from None
             log.info("running %s @%d for %.0f s", name, options.connections, options.duration)
             clock = CpuClock([]).start()
             measurement = run_pgbench(

@@ -41,13 +41,19 @@ def find_pgbench() -> str:
 
 
 def _named_query(name: str) -> tuple[str, list[str]]:
-    """A named query's SQL as asyncpg receives it, and its parameters' names in $n order."""
+    """A named query's SQL as asyncpg receives it, and the names of its $1, $2, … in order."""
     query = getattr(queries, name, None)
     if query is None:
         raise CeilingError(f"sql/ has no query named {name}")
-    # aiosql numbers parameters in the order they first appear in the SQL, not the signature's.
-    in_sql_order = queries.driver_adapter.var_sorted.get(name) if hasattr(queries, "driver_adapter") else None
-    return query.sql, list(in_sql_order or query.parameters)
+    # The project's own loader keeps them in `params`; aiosql (which it replaced) numbered them
+    # in order of first appearance in its adapter's `var_sorted`, not in the signature's order.
+    names = getattr(query, "params", None)
+    if names is None:
+        in_sql_order = getattr(getattr(queries, "driver_adapter", None), "var_sorted", {}).get(name)
+        names = in_sql_order or getattr(query, "parameters", None)
+    if names is None:
+        raise CeilingError(f"cannot tell which of {name}'s parameters is $1, $2, …")
+    return query.sql, list(names)
 
 
 def list_statement() -> tuple[str, list[str]]:
