@@ -33,7 +33,7 @@ async def test_every_field_round_trips_and_dates_come_back_in_utc(api: ApiClient
     )
     assert task["priority"] == "high"
     assert task["tags"] == ["garden", "Home"]
-    assert task["due_date"] == "2026-03-01T07:30:00.000000Z"
+    assert task["due_date"] == "2026-03-01T07:30:00Z"
     assert task["remind_at"] == "2026-03-01T06:00:00.250000Z"
     assert task["recurrence"] == {"every": "week", "interval": 2}
     assert (await api.get(f"{alice.tasks}/{task['id']}", token=alice.token)).json == task
@@ -134,15 +134,15 @@ async def test_completed_at_is_set_kept_and_cleared(api: ApiClient, alice: User)
 @pytest.mark.parametrize(
     ("rule", "due", "next_due"),
     [
-        ({"every": "day"}, "2026-03-01T09:00:00Z", "2026-03-02T09:00:00.000000Z"),
-        ({"every": "day", "interval": 3}, "2026-12-30T09:00:00Z", "2027-01-02T09:00:00.000000Z"),
-        ({"every": "week", "interval": 2}, "2026-03-01T09:00:00Z", "2026-03-15T09:00:00.000000Z"),
-        ({"every": "month"}, "2026-01-31T09:00:00Z", "2026-02-28T09:00:00.000000Z"),
-        ({"every": "month"}, "2028-01-31T09:00:00Z", "2028-02-29T09:00:00.000000Z"),  # leap year
-        ({"every": "month"}, "2026-03-31T23:30:00Z", "2026-04-30T23:30:00.000000Z"),
-        ({"every": "month", "interval": 12}, "2026-05-15T00:00:00Z", "2027-05-15T00:00:00.000000Z"),
-        ({"every": "year"}, "2028-02-29T12:00:00Z", "2029-02-28T12:00:00.000000Z"),
-        ({"every": "year", "interval": 4}, "2028-02-29T12:00:00Z", "2032-02-29T12:00:00.000000Z"),
+        ({"every": "day"}, "2026-03-01T09:00:00Z", "2026-03-02T09:00:00Z"),
+        ({"every": "day", "interval": 3}, "2026-12-30T09:00:00Z", "2027-01-02T09:00:00Z"),
+        ({"every": "week", "interval": 2}, "2026-03-01T09:00:00Z", "2026-03-15T09:00:00Z"),
+        ({"every": "month"}, "2026-01-31T09:00:00Z", "2026-02-28T09:00:00Z"),
+        ({"every": "month"}, "2028-01-31T09:00:00Z", "2028-02-29T09:00:00Z"),  # leap year
+        ({"every": "month"}, "2026-03-31T23:30:00Z", "2026-04-30T23:30:00Z"),
+        ({"every": "month", "interval": 12}, "2026-05-15T00:00:00Z", "2027-05-15T00:00:00Z"),
+        ({"every": "year"}, "2028-02-29T12:00:00Z", "2029-02-28T12:00:00Z"),
+        ({"every": "year", "interval": 4}, "2028-02-29T12:00:00Z", "2032-02-29T12:00:00Z"),
     ],
 )
 async def test_completing_a_repeating_task_schedules_the_next(
@@ -170,8 +170,8 @@ async def test_the_reminder_moves_with_the_rule(api: ApiClient, alice: User) -> 
     )
     done = (await api.put(f"{alice.tasks}/{task['id']}", token=alice.token, json={"completed": True})).json
     following = (await api.get(f"{alice.tasks}/{done['next_task_id']}", token=alice.token)).json
-    assert following["due_date"] == "2026-02-28T09:00:00.000000Z"
-    assert following["remind_at"] == "2026-02-28T18:00:00.000000Z"  # Jan 30 + 1 month
+    assert following["due_date"] == "2026-02-28T09:00:00Z"
+    assert following["remind_at"] == "2026-02-28T18:00:00Z"  # Jan 30 + 1 month
 
 
 async def test_a_repeating_task_without_a_due_date_is_due_one_step_after_completion(

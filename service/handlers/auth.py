@@ -8,18 +8,18 @@ from service.db import connection, queries
 from service.errors import Problem
 from service.keys import DUMMY_PASSWORD_HASH, SETTINGS, USER_ID
 from service.limits import check_login
-from service.schemas import LOGIN, REGISTER, TOKEN_GRANT, USER, json_response, load_body
+from service.schemas import LOGIN, REGISTER, json_response, load_body, user_document
 
 
 def _grant(request: web.Request, user: asyncpg.Record, status: int) -> web.Response:
     settings = request.app[SETTINGS]
     grant = {
-        "user": user,
+        "user": user_document(user),
         "access_token": mint_token(user["id"], settings.jwt_secret, settings.jwt_ttl_seconds),
         "token_type": "bearer",
         "expires_in": settings.jwt_ttl_seconds,
     }
-    return json_response(TOKEN_GRANT.dump(grant), status=status, headers={"Cache-Control": "no-store"})
+    return json_response(grant, status=status, headers={"Cache-Control": "no-store"})
 
 
 async def register(request: web.Request) -> web.Response:
@@ -58,4 +58,4 @@ async def me(request: web.Request) -> web.Response:
         user = await queries.get_user(conn, user_id=request[USER_ID])
     if user is None:
         raise unauthorized("The token's user no longer exists.")
-    return json_response(USER.dump(user))
+    return json_response(user_document(user))
