@@ -14,7 +14,7 @@ from yoyo.backends import DatabaseBackend
 from yoyo.migrations import MigrationList
 
 from service.keys import PG_POOL, SETTINGS
-from service.metrics import POOL_WAITING
+from service.metrics import Now
 from service.queries import Queries
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -54,11 +54,11 @@ def hide_password(url: str) -> str:
 async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection, waited for at most DB_ACQUIRE_TIMEOUT seconds."""
     pool = request.app[PG_POOL]
-    POOL_WAITING.inc()
+    Now.waiting_for_connection += 1
     try:
         conn = await pool.acquire(timeout=request.app[SETTINGS].db_acquire_timeout)
     finally:
-        POOL_WAITING.dec()
+        Now.waiting_for_connection -= 1
     try:
         yield conn
     finally:
