@@ -299,11 +299,14 @@ def _load(run: Run, service: ServiceProcess, dataset: Dataset, work_dir: Path) -
         time.sleep(PAUSE_BETWEEN_RUNS_SECONDS)
     if options.soak > 0:
         log.info("soak: the mix @%d for %.0f s, sampling RSS every 10 s", options.connections, options.soak)
+        clock = CpuClock(service.worker_pids()).start()
         run.soak = soak(
             service,
             options.soak,
             lambda seconds: load("mix", options.connections, seconds, label="mix (soak)"),
         )
+        run.soak.measurement.service_cpu_percent, run.soak.measurement.machine_cpu_percent = clock.stop()
+        run.soak.measurement.service_cpu_system_share = clock.system_share
         run.measurements.append(run.soak.measurement)
 
 
