@@ -7,6 +7,7 @@ PROMETHEUS_MULTIPROC_DIR, and whichever worker a scrape reaches sums them all up
 import asyncio
 import functools
 import hmac
+import importlib.metadata
 import os
 import platform
 import time
@@ -52,7 +53,7 @@ BUILD_INFO = prometheus_client.Gauge(
     ["version", "python"],
     multiprocess_mode="max",
 )
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("task-api")  # from setup.cfg, through the installed metadata
 SAMPLE_SECONDS = 1.0
 
 
