@@ -196,6 +196,7 @@ class Run:
     notes: list[str] = dataclasses.field(default_factory=list)
     database: str = ""
     background_cpu_percent: float = 0.0
+    postmaster_pid: int | None = None  # the embedded server's, for its share of the CPU
 
 
 def _ceiling(run: Run, database_url: str, dataset: Dataset, work_dir: Path) -> None:
@@ -214,7 +215,7 @@ def _ceiling(run: Run, database_url: str, dataset: Dataset, work_dir: Path) -> N
                 # The SQL is read from the service's own loading code, which may change shape.
                 raise CeilingError(f"cannot read the service's {scenario} SQL: {error!r}") from None
             log.info("running %s @%d for %.0f s", name, options.connections, options.duration)
-            clock = CpuClock([]).start()
+            clock = CpuClock([], run.postmaster_pid).start()
             measurement = run_pgbench(
                 pgbench=pgbench,
                 database_url=database_url,
@@ -226,7 +227,7 @@ def _ceiling(run: Run, database_url: str, dataset: Dataset, work_dir: Path) -> N
                 threads=options.threads,
                 work_dir=work_dir,
             )
-            measurement.machine_cpu_percent = clock.stop()[1]
+            measurement.cpu = clock.stop()
             run.measurements.append(measurement)
         except CeilingError as error:
             log.warning("%s", error)
@@ -277,36 +278,35 @@ def _load(run: Run, service: ServiceProcess, dataset: Dataset, work_dir: Path) -
             stacks_file = options.results_dir / f"{run.stamp}-{scenario}.stacks.txt"
             stacks_file.parent.mkdir(parents=True, exist_ok=True)
             profiler = Profiler(service.worker_pids()[0], max(1.0, options.duration - 2), stacks_file)
-        clock = CpuClock(service.worker_pids()).start()
+        clock = CpuClock(service.worker_pids(), run.postmaster_pid).start()
         try:
             measurement = load(scenario, connections, options.duration, **extra)
         except WrkError as error:
             log.warning("%s", error)
             measurement = Measurement.not_run(row_name, connections, "wrk", str(error))
-        measurement.service_cpu_percent, measurement.machine_cpu_percent = clock.stop()
-        measurement.service_cpu_system_share = clock.system_share
+        measurement.cpu = clock.stop()
         if profiler is not None:
             try:
                 run.profiles.append(profiler.finish(row_name))
             except ProfileError as error:
                 run.notes.append(f"profile of {row_name}: {error}")
             measurement.notes.append("profiled with py-spy while measured (sampling costs a little)")
-            if clock.system_share is not None:
-                measurement.notes.append(f"{clock.system_share:.0%} of the workers' CPU was in the kernel")
+            if measurement.cpu.service_kernel_share is not None:
+                kernel_share = measurement.cpu.service_kernel_share
+                measurement.notes.append(f"{kernel_share:.0%} of the workers' CPU was in the kernel")
         if scenario == "deep" and run.deep_page is not None:
             measurement.notes.append(f"page {run.deep_page.page} of the heavy user's listing")
         run.measurements.append(measurement)
         time.sleep(PAUSE_BETWEEN_RUNS_SECONDS)
     if options.soak > 0:
         log.info("soak: the mix @%d for %.0f s, sampling RSS every 10 s", options.connections, options.soak)
-        clock = CpuClock(service.worker_pids()).start()
+        clock = CpuClock(service.worker_pids(), run.postmaster_pid).start()
         run.soak = soak(
             service,
             options.soak,
             lambda seconds: load("mix", options.connections, seconds, label="mix (soak)"),
         )
-        run.soak.measurement.service_cpu_percent, run.soak.measurement.machine_cpu_percent = clock.stop()
-        run.soak.measurement.service_cpu_system_share = clock.system_share
+        run.soak.measurement.cpu = clock.stop()
         run.measurements.append(run.soak.measurement)
 
 
@@ -327,6 +327,7 @@ def execute(run: Run, server_url: str | None) -> None:
             )
         database_url = database.url
         run.database = database.description
+        run.postmaster_pid = database.postmaster_pid
         log.info("seeding %s", options.plan)
         started = time.monotonic()
         dataset = seed(database_url, options.plan, secret, TOKEN_TTL_SECONDS)

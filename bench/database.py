@@ -54,6 +54,16 @@ class BenchDatabase:
         where = "embedded PostgreSQL" if self.embedded else hide_password(self.admin_url)
         return f"database {self.name} on {where}"
 
+    @property
+    def postmaster_pid(self) -> int | None:
+        """The embedded server's main process, whose CPU the report shows; None for another server."""
+        if self.embedded is None:
+            return None
+        try:
+            return int((self.embedded.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def __enter__(self) -> "BenchDatabase":
         try:
             self._set_up()

@@ -3,6 +3,8 @@
 import dataclasses
 from typing import Any
 
+from bench.cpu import CpuShares
+
 
 @dataclasses.dataclass
 class Measurement:
@@ -19,10 +21,7 @@ class Measurement:
     p99_ms: float | None = None
     max_ms: float | None = None
     errors: int = 0
-    # CPU while it ran: the service's workers, as % of one core; the machine, as % of all cores.
-    service_cpu_percent: float | None = None
-    machine_cpu_percent: float | None = None
-    service_cpu_system_share: float | None = None  # of the workers' CPU, the part in the kernel
+    cpu: CpuShares | None = None  # who used the cores while it ran
     error_detail: dict[str, int] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     skipped: str | None = None

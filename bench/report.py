@@ -3,6 +3,8 @@ and the PNG plot under bench/results/."""
 
 import dataclasses
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,11 @@ def ceiling_ratios(measurements: list[Measurement]) -> dict[str, float]:
     return ratios
 
 
+def _ratio(value: float) -> str:
+    # Rounded down, so a ratio just short of a target never reads as meeting it.
+    return f"{math.floor(value * 1000) / 1000:.3f}"
+
+
 def _worst(rows: list[Measurement], percentile: str) -> tuple[float, str] | None:
     values = [
         (getattr(row, percentile), row.scenario) for row in rows if getattr(row, percentile) is not None
@@ -88,7 +95,7 @@ def evaluate_targets(
         targets.append(
             Target(
                 f"{scenario} >= {CEILING_FRACTION} x pgbench",
-                f"{ratio:.3f}" if ratio is not None else "not measured",
+                _ratio(ratio) if ratio is not None else "not measured",
                 None if ratio is None else ratio >= CEILING_FRACTION,
             )
         )
@@ -154,8 +161,10 @@ def format_table(measurements: list[Measurement]) -> str:
         "p99 ms",
         "errors",
         "÷ pgbench",
-        "svc CPU",
-        "all CPU",
+        "CPU: svc",
+        "pg",
+        "load",
+        "other",
     )
     rows = []
     for m in measurements:
@@ -174,9 +183,11 @@ def format_table(measurements: list[Measurement]) -> str:
                 _milliseconds(m.p95_ms),
                 _milliseconds(m.p99_ms),
                 str(m.errors),
-                f"{ratio:.3f}" if ratio is not None else "",
-                _percent(m.service_cpu_percent),
-                _percent(m.machine_cpu_percent),
+                _ratio(ratio) if ratio is not None else "",
+                _percent(m.cpu.service if m.cpu else None),
+                _percent(m.cpu.postgres if m.cpu else None),
+                _percent(m.cpu.load_generator if m.cpu else None),
+                _percent(m.cpu.other if m.cpu else None),
             )
         )
     measured = [header, *(row for row in rows if not row[2].startswith("n/a"))]
@@ -194,8 +205,9 @@ def format_table(measurements: list[Measurement]) -> str:
         if number == 0:
             lines.append("-" * len(lines[0]))
     lines.append(
-        "svc CPU: the service's workers, % of one core; all CPU: the whole machine (service, PostgreSQL,"
-        " load generator and anything else), % of all cores."
+        "CPU while each ran, in % of one core (this machine has "
+        f"{os.cpu_count()}): the service's workers, PostgreSQL, the load generator (wrk; pgbench for"
+        " its rows), and everything else on the machine."
     )
     return "\n".join(lines)
 

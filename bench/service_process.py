@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from bench.cpu import descendants
 from service.db import PROJECT_DIR
 
 READY_TIMEOUT_SECONDS = 60
@@ -42,15 +43,6 @@ def rss_kib(pid: int) -> int | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return None
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in map(int, children.read_text().split()):
-                found += [child, *_descendants(child)]
-    return found
 
 
 def _listening_socket_inodes(port: int) -> set[str]:
@@ -139,7 +131,7 @@ class ServiceProcess:
             return []
         listening = _listening_socket_inodes(self.port)
         pids = []
-        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
             with contextlib.suppress(OSError):
                 fds = Path(f"/proc/{pid}/fd")
                 links = {os.readlink(fds / fd) for fd in os.listdir(fds)}
