@@ -1,12 +1,14 @@
 """create_app(settings): wires middleware, resources and routes together, and nothing else."""
 
+import asyncio
+
 from aiohttp import web
 
 from service.auth import auth_middleware, dummy_password_hash
 from service.cors import cors_middleware
 from service.db import pg_pool
 from service.errors import error_middleware
-from service.keys import LOGIN_LIMITER, SETTINGS, WRITE_LIMITER
+from service.keys import LOGIN_LIMITER, PG_GATE, SETTINGS, WRITE_LIMITER
 from service.limits import RateLimiter, rate_limit_middleware
 from service.logs import AccessLogger, request_id_middleware
 from service.metrics import metrics_middleware, pool_metrics
@@ -35,6 +37,7 @@ def create_app(settings: Settings) -> web.Application:
         handler_args={"max_field_size": MAX_HEADER_FIELD_BYTES, "access_log_class": AccessLogger},
     )
     app[SETTINGS] = settings
+    app[PG_GATE] = asyncio.Semaphore(settings.db_pool_max_size)
     app[WRITE_LIMITER] = RateLimiter(settings.rate_limit_writes)
     app[LOGIN_LIMITER] = RateLimiter(settings.rate_limit_logins)
     app.cleanup_ctx.append(pg_pool)

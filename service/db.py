@@ -13,7 +13,7 @@ from yoyo import get_backend, read_migrations
 from yoyo.backends import DatabaseBackend
 from yoyo.migrations import MigrationList
 
-from service.keys import PG_POOL, SETTINGS
+from service.keys import PG_GATE, PG_POOL, SETTINGS
 from service.metrics import Now
 from service.queries import Queries
 
@@ -52,17 +52,33 @@ def hide_password(url: str) -> str:
 
 @asynccontextmanager
 async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection, waited for at most DB_ACQUIRE_TIMEOUT seconds."""
-    pool = request.app[PG_POOL]
+    """A pooled connection, waited for in turn and at most DB_ACQUIRE_TIMEOUT seconds.
+
+    Requests queue at PG_GATE, a semaphore as large as the pool: it is first come, first
+    served, where asyncpg's own queue lets a newcomer take a connection released for a waiter,
+    which then waits again at the back; under hundreds of clients some requests starved until
+    they timed out.
+    """
+    app = request.app
+    gate = app[PG_GATE]
     Now.waiting_for_connection += 1
     try:
-        conn = await pool.acquire(timeout=request.app[SETTINGS].db_acquire_timeout)
+        async with asyncio.timeout(app[SETTINGS].db_acquire_timeout):
+            await gate.acquire()
+            try:
+                conn = await app[PG_POOL].acquire()
+            except BaseException:
+                gate.release()
+                raise
     finally:
         Now.waiting_for_connection -= 1
     try:
         yield conn
     finally:
-        await pool.release(conn)
+        try:
+            await app[PG_POOL].release(conn)
+        finally:
+            gate.release()
 
 
 async def pg_pool(app: web.Application) -> AsyncIterator[None]:

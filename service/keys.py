@@ -1,5 +1,6 @@
 """Every typed key for application and request state, in one place."""
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -12,6 +13,7 @@ if TYPE_CHECKING:  # limits.py imports this module
 
 SETTINGS = web.AppKey("SETTINGS", Settings)
 PG_POOL = web.AppKey("PG_POOL", asyncpg.Pool)
+PG_GATE = web.AppKey("PG_GATE", asyncio.Semaphore)  # requests queue here for a connection, in turn
 # A password hash of a random password, verified when a login names an unknown email so that
 # answering "no such user" costs as much time as answering "wrong password".
 DUMMY_PASSWORD_HASH = web.AppKey("DUMMY_PASSWORD_HASH", str)
