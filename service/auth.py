@@ -115,9 +115,7 @@ async def check_password(password_hash: str, password: str) -> bool:
     """Whether the password matches the hash, computed off the event loop."""
     try:
         return await asyncio.get_running_loop().run_in_executor(None, _hasher.verify, password_hash, password)
-    except argon2.exceptions.VerificationError:
-        return False
-    except argon2.exceptions.InvalidHashError:
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
         return False
 
 

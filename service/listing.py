@@ -157,6 +157,7 @@ def _bad_cursor(reason: str) -> Problem:
     return Problem(400, f"Invalid cursor: {reason}.", errors={"cursor": [f"Invalid: {reason}."]})
 
 
+@functools.cache
 def cursor_secret(jwt_secret: str) -> bytes:
     """The cursor-signing key, derived from JWT_SECRET so there is no other secret to manage."""
     return hmac.new(jwt_secret.encode(), b"task-api listing cursor", hashlib.sha256).digest()
