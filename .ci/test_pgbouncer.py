@@ -22,8 +22,9 @@ from tests.conftest import free_port, fresh_database, running_service
 
 
 @pytest.fixture(scope="module")
-def pgbouncer(pg_server_url: str) -> Iterator[str]:
-    """A stock PgBouncer in transaction mode in front of a fresh database; yields its URL."""
+def pgbouncer(pg_server_url: str) -> Iterator[tuple[str, str]]:
+    """A stock PgBouncer in transaction mode in front of a fresh database; yields its URL and the
+    database's own (for the LISTEN connection, which transaction pooling cannot carry)."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     with fresh_database(pg_server_url) as url, tempfile.TemporaryDirectory() as folder:
         migrate(url)
@@ -47,7 +48,7 @@ def pgbouncer(pg_server_url: str) -> Iterator[str]:
         try:
             time.sleep(1)
             assert process.poll() is None, "pgbouncer did not start"
-            yield f"postgresql://{server['user']}@127.0.0.1:{port}/bouncer"
+            yield f"postgresql://{server['user']}@127.0.0.1:{port}/bouncer", url
         finally:
             process.send_signal(signal.SIGINT)
             process.wait(timeout=30)
@@ -81,20 +82,39 @@ async def exercise(base_url: str) -> Counter[int]:
                     statuses[response.status] += 1
 
         await asyncio.gather(*(one(number) for number in range(40)))
+        # Sessions too: a refresh, then a logout that every worker must hear of (through the
+        # LISTEN connection, which goes around PgBouncer).
+        async with http.post(
+            f"{base_url}/api/auth/refresh", json={"refresh_token": grant["refresh_token"]}
+        ) as response:
+            statuses[response.status] += 1
+            renewed = await response.json()
+        logout = {"Authorization": f"Bearer {renewed['access_token']}"}
+        async with http.post(f"{base_url}/api/auth/logout", headers=logout) as response:
+            statuses[response.status] += 1
+        await asyncio.sleep(1)
+        for _ in range(8):
+            async with http.get(f"{base_url}/api/auth/me", headers=logout) as response:
+                statuses[response.status] += 1
     return statuses
 
 
-async def test_the_service_works_through_pgbouncer_in_transaction_mode(pgbouncer: str) -> None:
-    with running_service(pgbouncer, workers=2, DB_PGBOUNCER="1", MIGRATE_ON_START="0") as (base_url, _):
+async def test_the_service_works_through_pgbouncer_in_transaction_mode(pgbouncer: tuple[str, str]) -> None:
+    bouncer, direct = pgbouncer
+    with running_service(
+        bouncer, workers=2, DB_PGBOUNCER="1", DB_LISTEN_URL=direct, MIGRATE_ON_START="0"
+    ) as (base_url, _):
         statuses = await exercise(base_url)
-    assert set(statuses) <= {200, 201, 204}, statuses
-    assert sum(statuses.values()) == 40 * 7
+    assert set(statuses) <= {200, 201, 204, 401}, statuses
+    assert statuses[401] == 8, statuses  # the logged-out token, on whichever worker
+    assert sum(statuses.values()) == 40 * 7 + 2 + 8
 
 
-async def test_without_the_setting_it_is_never_ready_and_answers_503(pgbouncer: str) -> None:
+async def test_without_the_setting_it_is_never_ready_and_answers_503(pgbouncer: tuple[str, str]) -> None:
     # PgBouncer refuses the statement_timeout startup parameter; were it allowed, asyncpg's
     # named prepared statements would collide across server connections instead.
-    with running_service(pgbouncer, probe="/healthz", MIGRATE_ON_START="0") as (base_url, _):
+    bouncer, _ = pgbouncer
+    with running_service(bouncer, probe="/healthz", MIGRATE_ON_START="0") as (base_url, _):
         async with aiohttp.ClientSession() as http:
             for _ in range(3):
                 async with http.get(f"{base_url}/readyz") as response:

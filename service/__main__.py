@@ -15,7 +15,7 @@ from service.auth import mint_token
 from service.db import PROJECT_DIR, hide_password, migrate
 from service.devdb import EmbeddedPostgres, EmbeddedPostgresError
 from service.logs import configure_logging
-from service.settings import Settings, SettingsError, jwt_secret_from_env
+from service.settings import Settings, SettingsError, jwt_issuer_from_env, jwt_secret_from_env
 from service.workers import serve
 
 DEV_DIR = PROJECT_DIR / ".dev"
@@ -66,7 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate_command = commands.add_parser("migrate", help="apply pending migrations and exit")
     migrate_command.add_argument("--dev", action="store_true", help=dev_help)
-    token = commands.add_parser("token", help="print an access token signed with JWT_SECRET")
+    token = commands.add_parser(
+        "token",
+        help="print an access token signed with JWT_SECRET, for load tests: it belongs to no session,"
+        " so logout cannot end it; it works until it expires",
+    )
     token.add_argument("--user-id", type=int, required=True)
     token.add_argument("--ttl", type=int, default=None, help="seconds (default JWT_TTL_SECONDS)")
     token.add_argument(
@@ -81,7 +85,7 @@ def _token(args: argparse.Namespace) -> int:
         env = {**env, "JWT_SECRET": _dev_secret()}
     secret = jwt_secret_from_env(env)
     ttl = args.ttl if args.ttl is not None else Settings.jwt_ttl_seconds
-    print(mint_token(args.user_id, secret, ttl))
+    print(mint_token(args.user_id, secret, ttl, issuer=jwt_issuer_from_env(env)))
     return 0
 
 

@@ -4,14 +4,27 @@ import asyncio
 
 from aiohttp import web
 
-from service.auth import auth_middleware, dummy_password_hash
+from service.auth import PasswordHashing, auth_middleware, dummy_password_hash
 from service.cors import cors_middleware
 from service.db import pg_pool
 from service.errors import error_middleware
-from service.keys import LOGIN_LIMITER, PG_GATE, SETTINGS, WRITE_LIMITER
+from service.jobs import chores
+from service.keys import (
+    ACCOUNT_LIMITER,
+    ADDRESS_LIMITER,
+    LISTENER,
+    LOGIN_LIMITER,
+    PASSWORD_HASHING,
+    PG_GATE,
+    REVOCATIONS,
+    SETTINGS,
+    WRITE_LIMITER,
+)
 from service.limits import RateLimiter, rate_limit_middleware
+from service.listener import Listener, listener
 from service.logs import AccessLogger, request_id_middleware
 from service.metrics import metrics_middleware, pool_metrics
+from service.revocations import Revocations
 from service.routes import setup_routes
 from service.settings import Settings
 
@@ -39,8 +52,16 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[PG_GATE] = asyncio.Semaphore(settings.db_pool_max_size)
     app[WRITE_LIMITER] = RateLimiter(settings.rate_limit_writes)
+    app[ADDRESS_LIMITER] = RateLimiter(settings.rate_limit_auth_per_address)
     app[LOGIN_LIMITER] = RateLimiter(settings.rate_limit_logins)
+    app[ACCOUNT_LIMITER] = RateLimiter(settings.rate_limit_logins_per_account)
+    app[PASSWORD_HASHING] = PasswordHashing(settings.password_hash_concurrency, settings.password_hash_queue)
+    app[LISTENER] = Listener(settings.listen_url, settings.db_acquire_timeout)
+    app[REVOCATIONS] = Revocations()
+    app[REVOCATIONS].subscribe(app[LISTENER])
     app.cleanup_ctx.append(pg_pool)
+    app.cleanup_ctx.append(listener)
+    app.cleanup_ctx.append(chores)
     app.cleanup_ctx.append(pool_metrics)
     app.cleanup_ctx.append(dummy_password_hash)
     setup_routes(app)

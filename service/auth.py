@@ -4,7 +4,8 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple, TypeVar
 
 import argon2
 import jwt
@@ -12,18 +13,22 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.errors import Problem
-from service.keys import DUMMY_PASSWORD_HASH, SETTINGS, USER_ID
+from service.keys import DUMMY_PASSWORD_HASH, PASSWORD_HASHING, REVOCATIONS, SESSION_ID, SETTINGS, USER_ID
 from service.settings import Settings
 
 ALGORITHM = "HS256"
-# Real tokens are about 150 bytes; a huge one is an attack on the parser, refused unread.
+# Real tokens are about 250 bytes; a huge one is an attack on the parser, refused unread.
 MAX_TOKEN_LENGTH = 4096
 BIGINT_MAX = 2**63 - 1
 # Routes anyone may call, by route name (never by path prefix, so no look-alike path slips in).
 # /metrics has a token of its own (METRICS_TOKEN).
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics", "register", "login"})
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics", "register", "login", "refresh"})
+# Routes that use a bearer token when a valid one comes, and let the request through without
+# one: logout, which a client whose access token has expired does with its refresh token.
+OPTIONAL_TOKEN_ROUTES = frozenset({"logout"})
 
 _SUBJECT = re.compile(r"[1-9][0-9]{0,18}")
+_SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _hasher = argon2.PasswordHasher()  # argon2id with the RFC 9106 low-memory parameters
 
 
@@ -31,27 +36,54 @@ class InvalidToken(Exception):
     """The token cannot be trusted; the message is safe to show the client."""
 
 
-def mint_token(user_id: int, secret: str, ttl_seconds: int) -> str:
-    """A signed access token for `user_id`, valid for `ttl_seconds`."""
+class AccessToken(NamedTuple):
+    """What a verified access token says: whose it is, and the session it belongs to (none for
+    tokens minted by `python -m service token`)."""
+
+    user_id: int
+    session_id: str | None
+    revocation_key: str | None  # its session's key in the revocations, made once, not per request
+    expires: float
+
+
+def mint_token(
+    user_id: int,
+    secret: str,
+    ttl_seconds: int,
+    *,
+    issuer: str = Settings.jwt_issuer,
+    session_id: str | None = None,
+) -> str:
+    """A signed access token for `user_id`, valid for `ttl_seconds`, naming its session if any."""
     now = int(time.time())
-    claims = {"sub": str(user_id), "iat": now, "exp": now + ttl_seconds}
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "aud": issuer,
+        "sub": str(user_id),
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    if session_id is not None:
+        claims["sid"] = session_id
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-# Tokens this process has verified: (token, secret) -> (user id, exp). A client sends the same
+# Tokens this process has verified: (token, and everything its verification depended on) -> what
+# it says. A client sends the same
 # token with every request, and checking its signature and claims again costs about 50 µs,
-# more than the rest of the middleware; a hit needs only the expiry compared.
-_verified: dict[tuple[str, str], tuple[int, float]] = {}
+# more than the rest of the middleware; a hit needs only the expiry compared (and the
+# revocations, which the middleware checks on every request, hit or not).
+_verified: dict[tuple[str, str, str, bool], AccessToken] = {}
 MAX_VERIFIED_TOKENS = 50_000
 
 
-def read_token(token: str, settings: Settings) -> int:
-    """The user id a valid token speaks for; raises InvalidToken otherwise."""
-    key = (token, settings.jwt_secret)
+def read_token(token: str, settings: Settings) -> AccessToken:
+    """What a valid token says; raises InvalidToken otherwise."""
+    key = (token, settings.jwt_secret, settings.jwt_issuer, settings.jwt_require_issuer)
     cached = _verified.get(key)
     if cached is not None:
-        if time.time() <= cached[1] + settings.jwt_leeway_seconds:
-            return cached[0]
+        if time.time() <= cached.expires + settings.jwt_leeway_seconds:
+            return cached
         del _verified[key]  # expired: decode again, to refuse it the usual way
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("The token is too long.")
@@ -61,19 +93,45 @@ def read_token(token: str, settings: Settings) -> int:
             settings.jwt_secret,
             algorithms=[ALGORITHM],
             leeway=settings.jwt_leeway_seconds,
-            options={"require": ["exp", "iat", "sub"]},
+            options={"require": ["exp", "iat", "sub"], "verify_aud": False},
         )
     except jwt.ExpiredSignatureError:
         raise InvalidToken("The token has expired.") from None
     except jwt.InvalidTokenError:
         raise InvalidToken("The token is invalid.") from None
-    subject = claims["sub"]
+    _check_issuer(claims, settings)
+    subject, session_id = claims["sub"], claims.get("sid")
     if not isinstance(subject, str) or not _SUBJECT.fullmatch(subject) or int(subject) > BIGINT_MAX:
+        raise InvalidToken("The token is invalid.")
+    if session_id is not None and not (isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id)):
         raise InvalidToken("The token is invalid.")
     if len(_verified) >= MAX_VERIFIED_TOKENS:
         _verified.clear()
-    _verified[key] = (int(subject), float(claims["exp"]))
-    return int(subject)
+    revocation_key = None if session_id is None else session_credential(session_id)
+    verified = AccessToken(int(subject), session_id, revocation_key, float(claims["exp"]))
+    _verified[key] = verified
+    return verified
+
+
+def session_credential(session_id: str) -> str:
+    """How a session is named in the revocations."""
+    return f"session:{session_id}"
+
+
+def _check_issuer(claims: dict[str, Any], settings: Settings) -> None:
+    """RFC 8725 sections 3.9-3.10: a token made for another service (another `iss` or `aud`)
+    is refused even when signed with the same secret. Tokens with neither claim, which the
+    original contract let other systems mint with the shared secret, pass unless
+    JWT_REQUIRE_ISSUER is set."""
+    ours = settings.jwt_issuer
+    if "iss" in claims and claims["iss"] != ours:
+        raise InvalidToken("The token was issued for another service.")
+    if "aud" in claims:
+        audience = claims["aud"]
+        if not (audience == ours or (isinstance(audience, list) and ours in audience)):
+            raise InvalidToken("The token was issued for another service.")
+    if settings.jwt_require_issuer and ("iss" not in claims or "aud" not in claims):
+        raise InvalidToken("The token does not name this service as its issuer and audience.")
 
 
 def unauthorized(detail: str, *, invalid: bool = True) -> Problem:
@@ -89,32 +147,71 @@ def unauthorized(detail: str, *, invalid: bool = True) -> Problem:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Put the token's user on the request; 401 without a valid token, 403 for another user's URL."""
     match_info = request.match_info
-    if match_info.http_exception is not None or match_info.route.name in PUBLIC_ROUTES:
+    route = match_info.route.name
+    if match_info.http_exception is not None or route in PUBLIC_ROUTES:
         return await handler(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise unauthorized("A bearer token is required.", invalid=False)
     try:
-        user_id = read_token(token.strip(), request.app[SETTINGS])
-    except InvalidToken as error:
-        raise unauthorized(str(error), invalid=True) from None
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("A bearer token is required.", invalid=False)
+        try:
+            access = read_token(token.strip(), request.app[SETTINGS])
+        except InvalidToken as error:
+            raise unauthorized(str(error), invalid=True) from None
+        if access.revocation_key is not None and access.revocation_key in request.app[REVOCATIONS]:
+            raise unauthorized("The session has ended; sign in again.", invalid=True)
+    except Problem:
+        if route in OPTIONAL_TOKEN_ROUTES:
+            return await handler(request)
+        raise
     path_user = match_info.get("user_id")
     # Compared as text: the path may hold any number of digits, too many for int() to parse.
-    if path_user is not None and path_user != str(user_id):
+    if path_user is not None and path_user != str(access.user_id):
         raise Problem(403, "The token does not give access to this user's tasks.")
-    request[USER_ID] = user_id
+    request[USER_ID] = access.user_id
+    request[SESSION_ID] = access.session_id
     return await handler(request)
 
 
-async def hash_password(password: str) -> str:
-    """An argon2id hash of the password, computed off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, _hasher.hash, password)
+T = TypeVar("T")
 
 
-async def check_password(password_hash: str, password: str) -> bool:
-    """Whether the password matches the hash, computed off the event loop."""
+class PasswordHashing:
+    """Runs argon2 off the event loop, at most PASSWORD_HASH_CONCURRENCY at a time per worker.
+
+    Each hash costs about 0.1 s of a core, for any email, known or not; without a cap a flood
+    of sign-ins takes every core from every other request. Past PASSWORD_HASH_QUEUE waiting,
+    a request is refused at once with 503 and Retry-After rather than queued for seconds.
+    """
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queue = queue
+        self._waiting = 0
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        if self._slots.locked() and self._waiting >= self._queue:
+            raise Problem(503, "Too many sign-ins at once; try again shortly.", headers={"Retry-After": "1"})
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, work, *args)
+        finally:
+            self._slots.release()
+
+
+async def hash_password(app: web.Application, password: str) -> str:
+    """An argon2id hash of the password."""
+    return await app[PASSWORD_HASHING].run(_hasher.hash, password)
+
+
+async def check_password(app: web.Application, password_hash: str, password: str) -> bool:
+    """Whether the password matches the hash."""
     try:
-        return await asyncio.get_running_loop().run_in_executor(None, _hasher.verify, password_hash, password)
+        return await app[PASSWORD_HASHING].run(_hasher.verify, password_hash, password)
     except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
         return False
 
@@ -126,5 +223,5 @@ def needs_rehash(password_hash: str) -> bool:
 
 async def dummy_password_hash(app: web.Application) -> AsyncIterator[None]:
     """Hash a random password once at start-up, to check unknown emails' logins against."""
-    app[DUMMY_PASSWORD_HASH] = await hash_password(secrets.token_urlsafe(32))
+    app[DUMMY_PASSWORD_HASH] = await hash_password(app, secrets.token_urlsafe(32))
     yield

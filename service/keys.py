@@ -8,8 +8,11 @@ from aiohttp import web
 
 from service.settings import Settings
 
-if TYPE_CHECKING:  # limits.py imports this module
-    from service.limits import RateLimiter  # noqa: F401 - named in the keys' types below
+if TYPE_CHECKING:  # these modules import this one
+    from service.auth import PasswordHashing  # noqa: F401 - named in the keys' types below
+    from service.limits import RateLimiter  # noqa: F401
+    from service.listener import Listener  # noqa: F401
+    from service.revocations import Revocations  # noqa: F401
 
 SETTINGS = web.AppKey("SETTINGS", Settings)
 PG_POOL = web.AppKey("PG_POOL", asyncpg.Pool)
@@ -19,9 +22,15 @@ PG_GATE = web.AppKey("PG_GATE", asyncio.Semaphore)  # requests queue here for a 
 DUMMY_PASSWORD_HASH = web.AppKey("DUMMY_PASSWORD_HASH", str)
 
 # One of each per worker process.
-WRITE_LIMITER = web.AppKey["RateLimiter"]("WRITE_LIMITER")
-LOGIN_LIMITER = web.AppKey["RateLimiter"]("LOGIN_LIMITER")
+LISTENER = web.AppKey["Listener"]("LISTENER")  # the worker's one LISTEN connection
+REVOCATIONS = web.AppKey["Revocations"]("REVOCATIONS")  # revoked sessions, kept in memory
+PASSWORD_HASHING = web.AppKey["PasswordHashing"]("PASSWORD_HASHING")  # argon2, capped
+WRITE_LIMITER = web.AppKey["RateLimiter"]("WRITE_LIMITER")  # task writes per user
+ADDRESS_LIMITER = web.AppKey["RateLimiter"]("ADDRESS_LIMITER")  # logins and sign-ups per address
+LOGIN_LIMITER = web.AppKey["RateLimiter"]("LOGIN_LIMITER")  # failed passwords per account and address
+ACCOUNT_LIMITER = web.AppKey["RateLimiter"]("ACCOUNT_LIMITER")  # failed passwords per account
 
 USER_ID = web.RequestKey("USER_ID", int)
+SESSION_ID = web.RequestKey[str | None]("SESSION_ID")  # the token's session; none for minted ones
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)
 ROUTE = web.RequestKey("ROUTE", str)  # the matched route's name, for the access log

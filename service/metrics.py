@@ -47,6 +47,15 @@ POOL_WAITING = prometheus_client.Gauge(
 DB_ERRORS = prometheus_client.Counter(
     "taskapi_db_errors_total", "Requests that failed on the database, by kind of error.", ["kind"]
 )
+JOB_RUNS = prometheus_client.Counter(
+    "taskapi_job_runs_total",
+    "Rounds of background chores, by chore and outcome (done, skipped: another worker had it, "
+    "unavailable: the database was, failed).",
+    ["job", "outcome"],
+)
+JOB_ROWS = prometheus_client.Counter(
+    "taskapi_job_rows_total", "Rows background chores have removed, by chore.", ["job"]
+)
 BUILD_INFO = prometheus_client.Gauge(
     "taskapi_build_info",
     "Always 1; the labels say what runs.",

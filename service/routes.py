@@ -3,10 +3,11 @@
 from aiohttp import web
 
 from service import metrics
-from service.handlers import auth, health, tasks
+from service.handlers import auth, health, sessions, tasks
 
 USER_TASKS = "/api/{user_id:[0-9]+}/tasks"
 USER_TASK = USER_TASKS + "/{task_id:[0-9]+}"
+SESSION = "/api/auth/sessions/{session_id:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
 
 
 def setup_routes(app: web.Application) -> None:
@@ -17,6 +18,12 @@ def setup_routes(app: web.Application) -> None:
     router.add_post("/api/auth/register", auth.register, name="register")
     router.add_post("/api/auth/login", auth.login, name="login")
     router.add_get("/api/auth/me", auth.me, name="me", allow_head=False)
+    router.add_put("/api/auth/password", auth.change_password, name="change_password")
+    router.add_post("/api/auth/refresh", sessions.refresh, name="refresh")
+    router.add_post("/api/auth/logout", sessions.logout, name="logout")
+    router.add_get("/api/auth/sessions", sessions.list_sessions, name="sessions", allow_head=False)
+    router.add_delete("/api/auth/sessions", sessions.end_all_sessions, name="end_all_sessions")
+    router.add_delete(SESSION, sessions.end_session, name="end_session")
     router.add_get(USER_TASKS, tasks.list_tasks, name="tasks", allow_head=False)
     router.add_post(USER_TASKS, tasks.create_task, name="create_task")
     router.add_get(USER_TASK, tasks.get_task, name="task", allow_head=False)

@@ -219,6 +219,15 @@ class Login(Schema):
     password = Text(required=True, validate=validate.Length(min=1, max=256))
 
 
+class Refresh(Schema):
+    refresh_token = Text(required=True, validate=validate.Length(min=1, max=200))
+
+
+class PasswordChange(Schema):
+    current_password = Text(required=True, validate=validate.Length(min=1, max=256))
+    new_password = Text(required=True, validate=validate.Length(min=8, max=256))
+
+
 def user_document(row: Mapping[str, Any]) -> dict[str, Any]:
     """An account as clients see it: never its password hash."""
     return {"id": row["id"], "email": row["email"], "name": row["name"], "created_at": row["created_at"]}
@@ -230,6 +239,8 @@ TASK_UPDATE = TaskUpdate()
 TASK_COMPLETE = TaskComplete()
 REGISTER = Register()
 LOGIN = Login()
+REFRESH = Refresh()
+PASSWORD_CHANGE = PasswordChange()
 
 
 def _is_json(content_type: str) -> bool:

@@ -5,6 +5,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -30,8 +31,13 @@ class Settings:
     db_acquire_timeout: float = 5.0
     db_statement_timeout: float = 10.0
     db_pgbouncer: bool = False
-    jwt_ttl_seconds: int = 3600
+    db_listen_url: str = ""
+    jwt_issuer: str = "task-api"
+    jwt_require_issuer: bool = False
+    jwt_ttl_seconds: int = 900
     jwt_leeway_seconds: int = 10
+    refresh_ttl_seconds: int = 30 * 86400
+    refresh_reuse_grace_seconds: int = 5
     max_body_bytes: int = 64 * 1024
     migrate_on_start: bool = True
     shutdown_timeout: float = 30.0
@@ -39,6 +45,11 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     rate_limit_writes: int = 600
     rate_limit_logins: int = 10
+    rate_limit_logins_per_account: int = 100
+    rate_limit_auth_per_address: int = 30
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    password_hash_concurrency: int = 1
+    password_hash_queue: int = 8
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -53,6 +64,15 @@ class Settings:
         pool_max = reader.integer("DB_POOL_MAX_SIZE", cls.db_pool_max_size, minimum=1)
         if pool_min > pool_max:
             raise SettingsError("DB_POOL_MIN_SIZE must not be larger than DB_POOL_MAX_SIZE")
+        pgbouncer = reader.boolean("DB_PGBOUNCER", cls.db_pgbouncer)
+        listen_url = reader.text("DB_LISTEN_URL", "")
+        if listen_url and not listen_url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError("DB_LISTEN_URL must be a postgresql:// URL")
+        if pgbouncer and not listen_url:
+            raise SettingsError(
+                "DB_PGBOUNCER=1 needs DB_LISTEN_URL: LISTEN does not work through transaction pooling,"
+                " so point it at PostgreSQL itself (or a session-mode pool)"
+            )
         return cls(
             database_url=database_url,
             jwt_secret=secret,
@@ -64,10 +84,19 @@ class Settings:
             db_pool_max_size=pool_max,
             db_acquire_timeout=reader.number("DB_ACQUIRE_TIMEOUT", cls.db_acquire_timeout),
             db_statement_timeout=reader.number("DB_STATEMENT_TIMEOUT", cls.db_statement_timeout),
-            db_pgbouncer=reader.boolean("DB_PGBOUNCER", cls.db_pgbouncer),
+            db_pgbouncer=pgbouncer,
+            db_listen_url=listen_url,
+            jwt_issuer=jwt_issuer_from_env(env),
+            jwt_require_issuer=reader.boolean("JWT_REQUIRE_ISSUER", cls.jwt_require_issuer),
             jwt_ttl_seconds=reader.integer("JWT_TTL_SECONDS", cls.jwt_ttl_seconds, minimum=60),
             jwt_leeway_seconds=reader.integer(
                 "JWT_LEEWAY_SECONDS", cls.jwt_leeway_seconds, minimum=0, maximum=300
+            ),
+            refresh_ttl_seconds=reader.integer(
+                "REFRESH_TTL_SECONDS", cls.refresh_ttl_seconds, minimum=300, maximum=366 * 86400
+            ),
+            refresh_reuse_grace_seconds=reader.integer(
+                "REFRESH_REUSE_GRACE_SECONDS", cls.refresh_reuse_grace_seconds, minimum=0, maximum=60
             ),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
             migrate_on_start=reader.boolean("MIGRATE_ON_START", cls.migrate_on_start),
@@ -76,7 +105,25 @@ class Settings:
             cors_origins=reader.origins("CORS_ORIGINS"),
             rate_limit_writes=reader.integer("RATE_LIMIT_WRITES", cls.rate_limit_writes, minimum=0),
             rate_limit_logins=reader.integer("RATE_LIMIT_LOGINS", cls.rate_limit_logins, minimum=0),
+            rate_limit_logins_per_account=reader.integer(
+                "RATE_LIMIT_LOGINS_PER_ACCOUNT", cls.rate_limit_logins_per_account, minimum=0
+            ),
+            rate_limit_auth_per_address=reader.integer(
+                "RATE_LIMIT_AUTH_PER_ADDRESS", cls.rate_limit_auth_per_address, minimum=0
+            ),
+            trusted_proxies=reader.networks("TRUSTED_PROXIES"),
+            password_hash_concurrency=reader.integer(
+                "PASSWORD_HASH_CONCURRENCY", cls.password_hash_concurrency, minimum=1, maximum=64
+            ),
+            password_hash_queue=reader.integer(
+                "PASSWORD_HASH_QUEUE", cls.password_hash_queue, minimum=0, maximum=10_000
+            ),
         )
+
+    @property
+    def listen_url(self) -> str:
+        """Where the worker's LISTEN connection goes: DB_LISTEN_URL, else DATABASE_URL."""
+        return self.db_listen_url or self.database_url
 
     @property
     def db_command_timeout(self) -> float:
@@ -97,6 +144,11 @@ def jwt_secret_from_env(env: Mapping[str, str]) -> str:
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise SettingsError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
     return secret
+
+
+def jwt_issuer_from_env(env: Mapping[str, str]) -> str:
+    """JWT_ISSUER: the `iss` and `aud` of the tokens this service mints."""
+    return env.get("JWT_ISSUER", "").strip() or Settings.jwt_issuer
 
 
 class _Reader:
@@ -144,6 +196,13 @@ class _Reader:
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise SettingsError(f"{name} must list origins like https://app.example.com, got {origin!r}")
         return origins
+
+    def networks(self, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+        """Comma-separated addresses or CIDR blocks, such as 10.0.0.0/8, ::1."""
+        try:
+            return tuple(ip_network(part.strip()) for part in self.text(name, "").split(",") if part.strip())
+        except ValueError as error:
+            raise SettingsError(f"{name} must list addresses or CIDR blocks: {error}") from None
 
     def boolean(self, name: str, default: bool) -> bool:
         flags = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}

@@ -104,6 +104,8 @@ def running_service(
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "LOG_LEVEL": "WARNING",
+        # Tests sign many users up from one address; tests of that limit set it themselves.
+        "RATE_LIMIT_AUTH_PER_ADDRESS": "0",
         **env,
     }
     command = [sys.executable, "-m", "service", "serve", "--workers", str(workers)]
@@ -133,6 +135,13 @@ def database_url(pg_server_url: str) -> Iterator[str]:
     with fresh_database(pg_server_url) as url:
         migrate(url)
         yield url
+
+
+@pytest.fixture(scope="module")
+def service_url(database_url: str) -> Iterator[str]:
+    """The real service in its own process, with a real pool, on this session's database."""
+    with running_service(database_url) as (base_url, _):
+        yield base_url
 
 
 @pytest.fixture

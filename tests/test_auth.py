@@ -22,7 +22,8 @@ async def test_register_returns_the_user_and_a_working_token(api: ApiClient) -> 
     assert answer.status == 201
     grant = answer.json
     assert grant["token_type"] == "bearer"
-    assert grant["expires_in"] == 3600
+    assert grant["expires_in"] == 900
+    assert grant["token"] == grant["access_token"]
     assert grant["user"]["email"] == "Ada@Example.com"
     assert grant["user"]["name"] == "Ada"
     assert "password" not in answer.body.decode() and "hash" not in answer.body.decode()
@@ -72,7 +73,7 @@ async def test_login_in_any_email_case_returns_a_token(api: ApiClient, alice: Us
     assert (
         read_token(
             answer.json["access_token"], Settings(database_url="postgresql://", jwt_secret=TEST_SECRET)
-        )
+        ).user_id
         == alice.id
     )
 
@@ -146,6 +147,10 @@ def _bad_tokens(user: User) -> dict[str, str]:
         "HS512 with the right secret": sign(_claims(user), alg="HS512"),
         "RS256 header on an HMAC signature": _forged("RS256", _claims(user), TEST_SECRET),
         "8 KB token": sign(_claims(user, padding="x" * 8192)),
+        "another issuer": sign(_claims(user, iss="billing-service", aud="task-api")),
+        "another audience": sign(_claims(user, iss="task-api", aud="billing-service")),
+        "an audience list without us": sign(_claims(user, aud=["billing", "reports"])),
+        "a session id that is not one": sign(_claims(user, sid="../../etc")),
     }
 
 
@@ -195,3 +200,38 @@ async def test_a_token_verified_under_one_secret_is_not_taken_under_another(
         await aiohttp_client(make_app(jwt_secret="another-secret-of-enough-length-for-hs256!"))
     )
     assert (await second.get(alice.tasks, token=alice.token)).status == 401
+
+
+async def test_our_tokens_name_this_service_as_issuer_and_audience(api: ApiClient, alice: User) -> None:
+    grant = (await api.post("/api/auth/login", json={"email": alice.email, "password": PASSWORD})).json
+    claims = jwt.decode(grant["access_token"], options={"verify_signature": False})
+    assert claims["iss"] == claims["aud"] == "task-api"
+    assert claims["sid"]
+    minted = jwt.decode(alice.token, options={"verify_signature": False})
+    assert minted["iss"] == minted["aud"] == "task-api"
+    assert "sid" not in minted
+
+
+async def test_an_audience_list_naming_us_is_accepted(api: ApiClient, alice: User) -> None:
+    token = jwt.encode(_claims(alice, iss="task-api", aud=["reports", "task-api"]), TEST_SECRET)
+    assert (await api.get(alice.tasks, token=token)).status == 200
+
+
+async def test_tokens_without_issuer_are_accepted_unless_required(
+    aiohttp_client, make_app, alice: User
+) -> None:
+    bare = jwt.encode(_claims(alice), TEST_SECRET, algorithm="HS256")  # as the original contract minted
+    lenient = ApiClient(await aiohttp_client(make_app()))
+    assert (await lenient.get(alice.tasks, token=bare)).status == 200
+    strict = ApiClient(await aiohttp_client(make_app(jwt_require_issuer=True)))
+    refused = await strict.get(alice.tasks, token=bare)
+    assert refused.status == 401
+    assert "issuer" in refused.json["detail"]
+    assert (await strict.get(alice.tasks, token=alice.token)).status == 200
+
+
+async def test_another_deployments_issuer_is_refused(aiohttp_client, make_app, alice: User) -> None:
+    other = ApiClient(await aiohttp_client(make_app(jwt_issuer="task-api-staging")))
+    answer = await other.get(alice.tasks, token=alice.token)
+    assert answer.status == 401
+    assert answer.json["detail"] == "The token was issued for another service."

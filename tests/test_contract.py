@@ -1,7 +1,7 @@
 """openapi.yaml and the app agree: the same routes, and the same routes open without a token."""
 
 from service.app import create_app
-from service.auth import PUBLIC_ROUTES
+from service.auth import OPTIONAL_TOKEN_ROUTES, PUBLIC_ROUTES
 from service.settings import Settings
 from tests.conftest import SPEC_DOCUMENT, TEST_SECRET
 
@@ -30,3 +30,9 @@ def test_public_operations_are_exactly_the_public_routes() -> None:
         routes[key] for key, operation in _spec_operations().items() if operation.get("security") == []
     }
     assert public_in_spec == PUBLIC_ROUTES
+    optional_in_spec = {
+        routes[key]
+        for key, operation in _spec_operations().items()
+        if {} in operation.get("security", []) and operation["security"] != []
+    }
+    assert optional_in_spec == OPTIONAL_TOKEN_ROUTES

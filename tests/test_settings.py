@@ -80,4 +80,4 @@ def test_token_command_mints_a_token_for_the_configured_secret() -> None:
         cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert read_token(result.stdout.strip(), Settings.from_env(BASE)) == 42
+    assert read_token(result.stdout.strip(), Settings.from_env(BASE)).user_id == 42

@@ -1,0 +1,3 @@
+DROP TABLE revocations;
+DROP TABLE session_rotations;
+DROP TABLE sessions;

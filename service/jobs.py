@@ -1,0 +1,91 @@
+"""Background chores: periodic clean-ups that every worker runs, one worker at a time.
+
+Each chore is a named query run every so often in a transaction that first tries a
+transaction-level advisory lock named after the chore: while one worker of any instance holds
+it, the others skip that round, and the lock goes with the transaction whatever happens. A
+chore is idempotent (it deletes what has expired), so a round cut short by a crash or a
+shutdown is simply done by the next. A database outage is waited out with backoff; the tasks
+are cancelled cleanly when the app stops.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from service.db import UNAVAILABLE_ERRORS, queries
+from service.keys import PG_POOL, SETTINGS
+from service.metrics import JOB_ROWS, JOB_RUNS
+from service.queries import Query
+
+log = logging.getLogger(__name__)
+
+LAST_RETRY_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Chore:
+    name: str
+    query: Query  # takes no parameters; returns the number of rows it removed
+    every_seconds: float
+
+
+CHORES = (
+    Chore("purge_sessions", queries.purge_sessions, every_seconds=600),
+    Chore("purge_revocations", queries.purge_revocations, every_seconds=600),
+)
+
+
+async def run_once(app: web.Application, chore: Chore) -> int | None:
+    """One round: the rows removed, or None when another worker holds the chore's lock."""
+    pool = app[PG_POOL]
+    conn = await pool.acquire(timeout=app[SETTINGS].db_acquire_timeout)
+    try:
+        async with conn.transaction():
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtext($1))", f"taskapi:{chore.name}"
+            ):
+                return None
+            removed: int = await chore.query(conn)
+            return removed
+    finally:
+        await pool.release(conn)
+
+
+async def _repeat(app: web.Application, chore: Chore) -> None:
+    # Workers started together would otherwise all wake at once.
+    await asyncio.sleep(random.uniform(0, chore.every_seconds))
+    retry = 1.0
+    while True:
+        try:
+            removed = await run_once(app, chore)
+        except UNAVAILABLE_ERRORS as error:
+            JOB_RUNS.labels(chore.name, "unavailable").inc()
+            log.warning("chore postponed", extra={"chore": chore.name, "error": type(error).__name__})
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, LAST_RETRY_SECONDS)
+            continue
+        except Exception:
+            JOB_RUNS.labels(chore.name, "failed").inc()
+            log.exception("chore failed", extra={"chore": chore.name})
+        else:
+            JOB_RUNS.labels(chore.name, "skipped" if removed is None else "done").inc()
+            if removed:
+                JOB_ROWS.labels(chore.name).inc(removed)
+                log.info("chore done", extra={"chore": chore.name, "rows": removed})
+        retry = 1.0
+        await asyncio.sleep(chore.every_seconds)
+
+
+async def chores(app: web.Application) -> AsyncIterator[None]:
+    """Run every chore for as long as the app runs."""
+    tasks = [asyncio.create_task(_repeat(app, chore), name=chore.name) for chore in CHORES]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
