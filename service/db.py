@@ -5,7 +5,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 from aiohttp import web
@@ -41,13 +41,24 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 log = logging.getLogger(__name__)
 
 
+# Query parameters of a connection URL that hold a secret (libpq's and asyncpg's names).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def hide_password(url: str) -> str:
-    """The URL with its password replaced, fit for logs."""
+    """The URL with every credential it can carry replaced, fit for logs: the password in
+    `user:password@`, and `?password=` and `?sslpassword=` in the query."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***"
+        if unquote(pair.partition("=")[0]).strip().lower() in _SECRET_PARAMETERS
+        else pair
+        for pair in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @asynccontextmanager

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from service.db import hide_password
 from service.logs import JsonFormatter
 from tests.conftest import PASSWORD, TEST_SECRET, ApiClient, User
 
@@ -88,3 +89,20 @@ async def test_a_request_aiohttp_cannot_parse_is_logged_without_an_error(
     ours = [record for record in caplog.records if record.name != "aiohttp.server"]
     assert not [record for record in ours if record.levelno >= logging.ERROR]
     assert [record for record in ours if getattr(record, "status", None) == 400]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret-pw@db:5432/tasks",
+        "postgresql://app@db:5432/tasks?password=s3cret-pw",
+        "postgresql://app@db/tasks?sslmode=verify-full&sslpassword=s3cret-pw&application_name=api",
+        "postgresql://app@db/tasks?Password=s3cret-pw",
+        "postgresql://app@db/tasks?pass%77ord=s3cret-pw",
+        "postgresql://app:s3cret-pw@db/tasks?password=s3cret-pw",
+    ],
+)
+def test_no_credential_a_database_url_carries_is_logged(url: str) -> None:
+    hidden = hide_password(url)
+    assert "s3cret-pw" not in hidden
+    assert hidden.startswith("postgresql://app") and "db" in hidden and "/tasks" in hidden
