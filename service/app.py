@@ -8,6 +8,7 @@ from service.auth import auth_middleware, dummy_password_hash
 from service.cors import cors_middleware
 from service.db import pg_pool
 from service.errors import error_middleware
+from service.headers import answer_headers, header_bytes_middleware
 from service.keys import LOGIN_LIMITER, PG_GATE, SETTINGS, WRITE_LIMITER
 from service.limits import RateLimiter, rate_limit_middleware
 from service.logs import AccessLogger, request_id_middleware
@@ -20,14 +21,16 @@ MAX_HEADER_FIELD_BYTES = 16 * 1024
 
 def create_app(settings: Settings) -> web.Application:
     # Outermost first: every request is measured; browsers may read every answer; every answer,
-    # errors included, carries a request id; errors become problem+json; then the caller is
-    # authenticated, and only then counted against their rate limit.
+    # errors included, carries a request id; errors become problem+json; header bytes that are
+    # not UTF-8 are refused before anything reads them; then the caller is authenticated, and
+    # only then counted against their rate limit.
     app = web.Application(
         middlewares=[
             metrics_middleware,
             cors_middleware,
             request_id_middleware,
             error_middleware,
+            header_bytes_middleware,
             auth_middleware,
             rate_limit_middleware,
         ],
@@ -43,5 +46,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(pool_metrics)
     app.cleanup_ctx.append(dummy_password_hash)
+    app.on_response_prepare.append(answer_headers)
     setup_routes(app)
     return app

@@ -127,6 +127,24 @@ def running_service(
             process.wait(timeout=60)
 
 
+async def raw_http(host: str, port: int, request: bytes) -> bytes:
+    """Send bytes as they are (no client library to tidy them up) and read the answer until
+    the service closes the connection (send `Connection: close`)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def raw_status(answer: bytes) -> int:
+    """The status code of a raw HTTP answer."""
+    return int(answer.split(b" ", 2)[1])
+
+
 @pytest.fixture(scope="session")
 def database_url(pg_server_url: str) -> Iterator[str]:
     """This session's own database, migrated to head."""
