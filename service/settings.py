@@ -39,6 +39,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     rate_limit_writes: int = 600
     rate_limit_logins: int = 10
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -76,6 +77,7 @@ class Settings:
             cors_origins=reader.origins("CORS_ORIGINS"),
             rate_limit_writes=reader.integer("RATE_LIMIT_WRITES", cls.rate_limit_writes, minimum=0),
             rate_limit_logins=reader.integer("RATE_LIMIT_LOGINS", cls.rate_limit_logins, minimum=0),
+            public_url=reader.public_url("PUBLIC_URL"),
         )
 
     @property
@@ -144,6 +146,13 @@ class _Reader:
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise SettingsError(f"{name} must list origins like https://app.example.com, got {origin!r}")
         return origins
+
+    def public_url(self, name: str) -> str:
+        """An http(s) URL with no query, kept without its trailing slash; empty when unset."""
+        url = self.text(name, "").rstrip("/")
+        if url and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
+            raise SettingsError(f"{name} must be an http:// or https:// URL without a query, got {url!r}")
+        return url
 
     def boolean(self, name: str, default: bool) -> bool:
         flags = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
