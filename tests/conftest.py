@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import argon2
@@ -92,10 +92,10 @@ def free_port() -> int:
 
 @contextmanager
 def running_service(
-    database_url: str, *, workers: int = 1, probe: str = "/readyz", **env: str
+    database_url: str, *, workers: int = 1, probe: str = "/readyz", log: IO[bytes] | None = None, **env: str
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """The real service in a process of its own, as production runs it, once `probe` answers
-    200; yields its base URL."""
+    200; yields its base URL. Its output goes to `log` when given."""
     port = free_port()
     environment = {
         **os.environ,
@@ -107,7 +107,8 @@ def running_service(
         **env,
     }
     command = [sys.executable, "-m", "service", "serve", "--workers", str(workers)]
-    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment)
+    output = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
+    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment, **output)
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
