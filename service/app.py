@@ -9,10 +9,10 @@ from service.cors import cors_middleware
 from service.db import pg_pool
 from service.errors import error_middleware
 from service.headers import answer_headers, header_bytes_middleware
-from service.keys import LOGIN_LIMITER, PG_GATE, SETTINGS, WRITE_LIMITER
+from service.keys import LOGIN_LIMITER, METRICS_PAGE, PG_GATE, SETTINGS, WRITE_LIMITER
 from service.limits import RateLimiter, rate_limit_middleware
 from service.logs import AccessLogger, request_id_middleware
-from service.metrics import metrics_middleware, pool_metrics
+from service.metrics import MetricsPage, metrics_middleware, pool_metrics
 from service.routes import setup_routes
 from service.settings import Settings
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     app[PG_GATE] = asyncio.Semaphore(settings.db_pool_max_size)
     app[WRITE_LIMITER] = RateLimiter(settings.rate_limit_writes)
     app[LOGIN_LIMITER] = RateLimiter(settings.rate_limit_logins)
+    app[METRICS_PAGE] = MetricsPage()
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(pool_metrics)
     app.cleanup_ctx.append(dummy_password_hash)

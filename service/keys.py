@@ -10,6 +10,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:  # limits.py imports this module
     from service.limits import RateLimiter  # noqa: F401 - named in the keys' types below
+    from service.metrics import MetricsPage  # noqa: F401 - likewise
 
 SETTINGS = web.AppKey("SETTINGS", Settings)
 PG_POOL = web.AppKey("PG_POOL", asyncpg.Pool)
@@ -21,6 +22,7 @@ DUMMY_PASSWORD_HASH = web.AppKey("DUMMY_PASSWORD_HASH", str)
 # One of each per worker process.
 WRITE_LIMITER = web.AppKey["RateLimiter"]("WRITE_LIMITER")
 LOGIN_LIMITER = web.AppKey["RateLimiter"]("LOGIN_LIMITER")
+METRICS_PAGE = web.AppKey["MetricsPage"]("METRICS_PAGE")
 
 USER_ID = web.RequestKey("USER_ID", int)
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)

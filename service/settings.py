@@ -36,6 +36,7 @@ class Settings:
     migrate_on_start: bool = True
     shutdown_timeout: float = 30.0
     metrics_token: str = dataclasses.field(default="", repr=False)
+    metrics_public: bool = False
     cors_origins: tuple[str, ...] = ()
     rate_limit_writes: int = 600
     rate_limit_logins: int = 10
@@ -74,6 +75,7 @@ class Settings:
             migrate_on_start=reader.boolean("MIGRATE_ON_START", cls.migrate_on_start),
             shutdown_timeout=reader.number("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
             metrics_token=reader.text("METRICS_TOKEN", ""),
+            metrics_public=reader.boolean("METRICS_PUBLIC", cls.metrics_public),
             cors_origins=reader.origins("CORS_ORIGINS"),
             rate_limit_writes=reader.integer("RATE_LIMIT_WRITES", cls.rate_limit_writes, minimum=0),
             rate_limit_logins=reader.integer("RATE_LIMIT_LOGINS", cls.rate_limit_logins, minimum=0),
