@@ -43,6 +43,9 @@ def _dev_environment(stack: ExitStack) -> tuple[dict[str, str], list[str]]:
             f"development mode: DATABASE_URL is not set, so an embedded PostgreSQL serves "
             f"{env['DATABASE_URL']} from {server.data_dir} and stops with the service"
         )
+    if not (env.get("METRICS_TOKEN") or env.get("METRICS_PUBLIC")):
+        env["METRICS_PUBLIC"] = "1"
+        notes.append("development mode: METRICS_TOKEN is not set, so /metrics is public")
     if not (env.get("JWT_SECRET") or env.get("BETTER_AUTH_SECRET")):
         env["JWT_SECRET"] = _dev_secret()
         notes.append(

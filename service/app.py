@@ -8,12 +8,14 @@ from service.auth import PasswordHashing, auth_middleware, dummy_password_hash
 from service.cors import cors_middleware
 from service.db import pg_pool
 from service.errors import error_middleware
+from service.headers import answer_headers, header_bytes_middleware
 from service.jobs import chores
 from service.keys import (
     ACCOUNT_LIMITER,
     ADDRESS_LIMITER,
     LISTENER,
     LOGIN_LIMITER,
+    METRICS_PAGE,
     PASSWORD_HASHING,
     PG_GATE,
     REVOCATIONS,
@@ -23,7 +25,7 @@ from service.keys import (
 from service.limits import RateLimiter, rate_limit_middleware
 from service.listener import Listener, listener
 from service.logs import AccessLogger, request_id_middleware
-from service.metrics import metrics_middleware, pool_metrics
+from service.metrics import MetricsPage, metrics_middleware, pool_metrics
 from service.revocations import Revocations
 from service.routes import setup_routes
 from service.settings import Settings
@@ -33,14 +35,16 @@ MAX_HEADER_FIELD_BYTES = 16 * 1024
 
 def create_app(settings: Settings) -> web.Application:
     # Outermost first: every request is measured; browsers may read every answer; every answer,
-    # errors included, carries a request id; errors become problem+json; then the caller is
-    # authenticated, and only then counted against their rate limit.
+    # errors included, carries a request id; errors become problem+json; header bytes that are
+    # not UTF-8 are refused before anything reads them; then the caller is authenticated, and
+    # only then counted against their rate limit.
     app = web.Application(
         middlewares=[
             metrics_middleware,
             cors_middleware,
             request_id_middleware,
             error_middleware,
+            header_bytes_middleware,
             auth_middleware,
             rate_limit_middleware,
         ],
@@ -59,10 +63,12 @@ def create_app(settings: Settings) -> web.Application:
     app[LISTENER] = Listener(settings.listen_url, settings.db_acquire_timeout)
     app[REVOCATIONS] = Revocations()
     app[REVOCATIONS].subscribe(app[LISTENER])
+    app[METRICS_PAGE] = MetricsPage()
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(listener)
     app.cleanup_ctx.append(chores)
     app.cleanup_ctx.append(pool_metrics)
     app.cleanup_ctx.append(dummy_password_hash)
+    app.on_response_prepare.append(answer_headers)
     setup_routes(app)
     return app

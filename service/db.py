@@ -3,9 +3,9 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 from aiohttp import web
@@ -25,29 +25,57 @@ MIGRATIONS_DIR = PROJECT_DIR / "migrations"
 # queries.get_task(conn, user_id=..., task_id=...).
 queries = Queries(SQL_DIR)
 
-# Errors that mean "the database cannot serve this now", answered 503 with Retry-After rather
-# than 500: it is refused, gone, restarting, overloaded, or too slow.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+
+class DatabaseUnavailable(Exception):
+    """The database cannot serve this request now: answered 503 with Retry-After, not 500.
+
+    Raised by connection() from the error that said so (its __cause__): the database is
+    refused, gone, restarting, out of connections or too slow, or the connection broke.
+    """
+
+
+# What acquiring (and so maybe connecting) raises when the database cannot serve now.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.QueryCanceledError,
+    asyncpg.OperatorInterventionError,  # shutting down, starting up, crashed, query cancelled
+    asyncpg.InsufficientResourcesError,  # too many connections, out of memory or disk
 )
+# What a query raises when the server or the connection failed under it. OSError is not here:
+# asyncpg reports a lost socket as ConnectionDoesNotExistError, and an OSError in a request
+# holding a connection is the client's (a reset while a streamed answer is written).
+_QUERY_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,  # command_timeout
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.InternalClientError,  # a protocol left mid-operation by a failure
+)
+# Kept for callers that catch "the database is unavailable" around connection().
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable,)
 
 log = logging.getLogger(__name__)
 
 
+# Query parameters of a connection URL that hold a secret (libpq's and asyncpg's names).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def hide_password(url: str) -> str:
-    """The URL with its password replaced, fit for logs."""
+    """The URL with every credential it can carry replaced, fit for logs: the password in
+    `user:password@`, and `?password=` and `?sslpassword=` in the query."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***"
+        if unquote(pair.partition("=")[0]).strip().lower() in _SECRET_PARAMETERS
+        else pair
+        for pair in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @asynccontextmanager
@@ -69,15 +97,35 @@ async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
         else:
             # Nothing to wait for, so no timer: arming one was 6% of a small request's CPU.
             conn = await _acquire(gate, pool)
+    except _CONNECT_ERRORS as error:
+        raise DatabaseUnavailable(type(error).__name__) from error
     finally:
         Now.waiting_for_connection -= 1
     try:
         yield conn
+    except Exception as error:
+        if not isinstance(error, _QUERY_ERRORS) and not (
+            isinstance(error, asyncpg.InterfaceError) and _closed(conn)
+        ):
+            raise  # the request's own error, or one PostgreSQL reported on a sound session
+        # A connection that took part in a failure is never handed out again: released as it
+        # is (with no reset query to find out), a protocol still consuming a crashed server's
+        # error answered the next request's query with InternalClientError, a 500.
+        with suppress(asyncpg.InterfaceError):  # closed already, and so taken back by the pool
+            conn.terminate()
+        raise DatabaseUnavailable(type(error).__name__) from error
     finally:
         try:
             await pool.release(conn)
         finally:
             gate.release()
+
+
+def _closed(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the pool took the connection back when it closed
+        return True
 
 
 async def _acquire(gate: asyncio.Semaphore, pool: asyncpg.Pool) -> asyncpg.Connection:
@@ -119,7 +167,7 @@ async def pg_pool(app: web.Application) -> AsyncIterator[None]:
     try:
         pool = await asyncpg.create_pool(min_size=settings.db_pool_min_size, **options)
         await pool.fetchval("SELECT 1")
-    except UNAVAILABLE_ERRORS as error:
+    except _CONNECT_ERRORS as error:
         log.warning("PostgreSQL is unreachable at start-up: %s", type(error).__name__)
         pool = await asyncpg.create_pool(min_size=0, **options)
     app[PG_POOL] = pool

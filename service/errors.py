@@ -17,6 +17,7 @@ from service.metrics import DB_ERRORS
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "2"
+CLIENT_CLOSED_REQUEST = 499
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         return problem_response(request, _from_http_exception(request, error))
     except UNAVAILABLE_ERRORS as error:
-        DB_ERRORS.labels(type(error).__name__).inc()
-        log.warning("database unavailable: %s", type(error).__name__)
+        kind = type(error.__cause__ or error).__name__
+        DB_ERRORS.labels(kind).inc()
+        log.warning("database unavailable: %s", kind)
         return problem_response(
             request,
             Problem(
@@ -102,6 +104,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             ),
         )
+    except ConnectionResetError:
+        if request.transport is not None and not request.transport.is_closing():
+            raise
+        # The client went away (an upload cut short, a reset mid-answer): nothing failed here,
+        # and no one is left to answer. 499, as nginx logs it.
+        log.info("the client closed the connection before it was answered")
+        return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")
     except Exception as error:
         if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
             DB_ERRORS.labels(type(error).__name__).inc()

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # these modules import this one
     from service.auth import PasswordHashing  # noqa: F401 - named in the keys' types below
     from service.limits import RateLimiter  # noqa: F401
     from service.listener import Listener  # noqa: F401
+    from service.metrics import MetricsPage  # noqa: F401
     from service.revocations import Revocations  # noqa: F401
 
 SETTINGS = web.AppKey("SETTINGS", Settings)
@@ -29,6 +30,7 @@ WRITE_LIMITER = web.AppKey["RateLimiter"]("WRITE_LIMITER")  # task writes per us
 ADDRESS_LIMITER = web.AppKey["RateLimiter"]("ADDRESS_LIMITER")  # logins and sign-ups per address
 LOGIN_LIMITER = web.AppKey["RateLimiter"]("LOGIN_LIMITER")  # failed passwords per account and address
 ACCOUNT_LIMITER = web.AppKey["RateLimiter"]("ACCOUNT_LIMITER")  # failed passwords per account
+METRICS_PAGE = web.AppKey["MetricsPage"]("METRICS_PAGE")  # /metrics, rendered at most once a second
 
 USER_ID = web.RequestKey("USER_ID", int)
 SESSION_ID = web.RequestKey[str | None]("SESSION_ID")  # the token's session; none for minted ones

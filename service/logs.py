@@ -47,8 +47,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# Control characters (C0, DEL, C1) and Unicode's line and paragraph separators: in a text line,
+# any of them from a request (a path with %0A) could end the line and forge the next record.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(value: object) -> str:
+    return _CONTROL_CHARACTERS.sub(lambda match: match[0].encode("unicode_escape").decode(), str(value))
+
+
 class TextFormatter(logging.Formatter):
-    """Formats a record as one readable line, `extra` fields appended as key=value."""
+    """Formats a record as one readable line, `extra` fields appended as key=value; control
+    characters in any part are escaped, so one record is always one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
@@ -56,9 +66,12 @@ class TextFormatter(logging.Formatter):
         request_id = _request_id.get()
         if request_id is not None:
             fields["request_id"] = request_id
-        line += "".join(f" {key}={value}" for key, value in fields.items())
+        line = _escaped(line + "".join(f" {key}={value}" for key, value in fields.items()))
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # A traceback stays readable on lines of its own, each indented, so none can pass
+            # for a record.
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n    {_escaped(trace_line)}" for trace_line in trace)
         return line
 
 

@@ -42,6 +42,7 @@ class Settings:
     migrate_on_start: bool = True
     shutdown_timeout: float = 30.0
     metrics_token: str = dataclasses.field(default="", repr=False)
+    metrics_public: bool = False
     cors_origins: tuple[str, ...] = ()
     rate_limit_writes: int = 600
     rate_limit_logins: int = 10
@@ -50,6 +51,7 @@ class Settings:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     password_hash_concurrency: int = 1
     password_hash_queue: int = 8
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -102,6 +104,7 @@ class Settings:
             migrate_on_start=reader.boolean("MIGRATE_ON_START", cls.migrate_on_start),
             shutdown_timeout=reader.number("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
             metrics_token=reader.text("METRICS_TOKEN", ""),
+            metrics_public=reader.boolean("METRICS_PUBLIC", cls.metrics_public),
             cors_origins=reader.origins("CORS_ORIGINS"),
             rate_limit_writes=reader.integer("RATE_LIMIT_WRITES", cls.rate_limit_writes, minimum=0),
             rate_limit_logins=reader.integer("RATE_LIMIT_LOGINS", cls.rate_limit_logins, minimum=0),
@@ -118,6 +121,7 @@ class Settings:
             password_hash_queue=reader.integer(
                 "PASSWORD_HASH_QUEUE", cls.password_hash_queue, minimum=0, maximum=10_000
             ),
+            public_url=reader.public_url("PUBLIC_URL"),
         )
 
     @property
@@ -203,6 +207,13 @@ class _Reader:
             return tuple(ip_network(part.strip()) for part in self.text(name, "").split(",") if part.strip())
         except ValueError as error:
             raise SettingsError(f"{name} must list addresses or CIDR blocks: {error}") from None
+
+    def public_url(self, name: str) -> str:
+        """An http(s) URL with no query, kept without its trailing slash; empty when unset."""
+        url = self.text(name, "").rstrip("/")
+        if url and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
+            raise SettingsError(f"{name} must be an http:// or https:// URL without a query, got {url!r}")
+        return url
 
     def boolean(self, name: str, default: bool) -> bool:
         flags = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import argon2
@@ -92,10 +92,10 @@ def free_port() -> int:
 
 @contextmanager
 def running_service(
-    database_url: str, *, workers: int = 1, probe: str = "/readyz", **env: str
+    database_url: str, *, workers: int = 1, probe: str = "/readyz", log: IO[bytes] | None = None, **env: str
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """The real service in a process of its own, as production runs it, once `probe` answers
-    200; yields its base URL."""
+    200; yields its base URL. Its output goes to `log` when given."""
     port = free_port()
     environment = {
         **os.environ,
@@ -109,7 +109,8 @@ def running_service(
         **env,
     }
     command = [sys.executable, "-m", "service", "serve", "--workers", str(workers)]
-    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment)
+    output = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
+    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment, **output)
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -127,6 +128,24 @@ def running_service(
         if process.poll() is None:
             process.terminate()
             process.wait(timeout=60)
+
+
+async def raw_http(host: str, port: int, request: bytes) -> bytes:
+    """Send bytes as they are (no client library to tidy them up) and read the answer until
+    the service closes the connection (send `Connection: close`)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def raw_status(answer: bytes) -> int:
+    """The status code of a raw HTTP answer."""
+    return int(answer.split(b" ", 2)[1])
 
 
 @pytest.fixture(scope="session")

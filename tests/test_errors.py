@@ -2,13 +2,15 @@
 
 import io
 import logging
+import re
 
+import orjson
 import pytest
 from aiohttp import web
 
 from service.errors import PROBLEM_CONTENT_TYPE
 from service.keys import SETTINGS
-from tests.conftest import ApiClient, User
+from tests.conftest import ApiClient, User, raw_http, raw_status
 
 
 async def test_unknown_url_is_a_404_problem(api: ApiClient) -> None:
@@ -161,3 +163,72 @@ async def test_wrong_types_are_400_naming_the_field(api: ApiClient, alice: User,
     answer = await api.post(alice.tasks, token=alice.token, json=body)
     assert answer.status == 400
     assert answer.json["errors"]
+
+
+def _get(path: str, *headers: bytes) -> bytes:
+    fields = [header for header in headers if header]
+    return b"\r\n".join([f"GET {path} HTTP/1.1".encode(), *fields, b"Connection: close", b"", b""])
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        (b"Authorization: Bearer \xff\xfe-not-utf-8", "Authorization"),
+        (b"X-Anything: caf\xe9", "X-Anything"),  # Latin-1, not UTF-8
+    ],
+)
+async def test_header_bytes_that_are_not_utf8_are_a_400_problem(
+    api: ApiClient, alice: User, header: bytes, named: str
+) -> None:
+    server = api.client.server
+    auth = b"" if named == "Authorization" else f"Authorization: Bearer {alice.token}".encode()
+    answer = await raw_http(server.host, server.port, _get(alice.tasks, b"Host: localhost", header, auth))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert raw_status(answer) == 400, answer
+    assert b"content-type: application/problem+json" in head.lower()
+    assert orjson.loads(body)["errors"] == {named: ["Not valid UTF-8."]}
+
+
+async def test_a_host_header_that_is_not_utf8_never_reaches_the_next_page_link(
+    api: ApiClient, alice: User, db
+) -> None:
+    await db.execute("INSERT INTO tasks (user_id, title) VALUES ($1, 'a'), ($1, 'b')", alice.id)
+    server = api.client.server
+    auth = f"Authorization: Bearer {alice.token}".encode()
+    answer = await raw_http(
+        server.host, server.port, _get(f"{alice.tasks}?limit=1", b"Host: \xff.example", auth)
+    )
+    assert raw_status(answer) == 400, answer
+
+
+async def test_header_values_in_utf8_are_accepted(api: ApiClient, alice: User) -> None:
+    server = api.client.server
+    auth = f"Authorization: Bearer {alice.token}".encode()
+    answer = await raw_http(
+        server.host, server.port, _get(alice.tasks, b"Host: localhost", auth, b"X-Note: caf\xc3\xa9")
+    )
+    assert raw_status(answer) == 200, answer
+
+
+async def test_answers_carry_nosniff_and_no_versions(api: ApiClient, alice: User) -> None:
+    for answer in [
+        await api.get("/healthz"),
+        await api.get("/no/such/thing"),
+        await api.get(alice.tasks),  # 401
+        await api.get(alice.tasks, token=alice.token),
+    ]:
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        server = answer.headers.get("Server", "")
+        assert "Python" not in server and "aiohttp" not in server and not re.search(r"\d", server)
+
+
+async def test_answers_to_authenticated_requests_are_not_stored(api: ApiClient, alice: User) -> None:
+    created = await api.post(alice.tasks, token=alice.token, json={"title": "private"})
+    for answer in [
+        created,
+        await api.get(created.headers["Location"], token=alice.token),
+        await api.get(alice.tasks, token=alice.token),
+        await api.get(f"{alice.tasks}/999999", token=alice.token),  # a 404 too
+    ]:
+        assert answer.headers["Cache-Control"] == "no-store", answer
+    assert "Cache-Control" not in (await api.get("/healthz")).headers

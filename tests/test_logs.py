@@ -2,12 +2,15 @@
 
 import io
 import logging
+import re
 from collections.abc import Iterator
 
 import orjson
 import pytest
+from yarl import URL
 
-from service.logs import JsonFormatter
+from service.db import hide_password
+from service.logs import JsonFormatter, TextFormatter
 from tests.conftest import PASSWORD, TEST_SECRET, ApiClient, User
 
 
@@ -88,3 +91,44 @@ async def test_a_request_aiohttp_cannot_parse_is_logged_without_an_error(
     ours = [record for record in caplog.records if record.name != "aiohttp.server"]
     assert not [record for record in ours if record.levelno >= logging.ERROR]
     assert [record for record in ours if getattr(record, "status", None) == 400]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret-pw@db:5432/tasks",
+        "postgresql://app@db:5432/tasks?password=s3cret-pw",
+        "postgresql://app@db/tasks?sslmode=verify-full&sslpassword=s3cret-pw&application_name=api",
+        "postgresql://app@db/tasks?Password=s3cret-pw",
+        "postgresql://app@db/tasks?pass%77ord=s3cret-pw",
+        "postgresql://app:s3cret-pw@db/tasks?password=s3cret-pw",
+    ],
+)
+def test_no_credential_a_database_url_carries_is_logged(url: str) -> None:
+    hidden = hide_password(url)
+    assert "s3cret-pw" not in hidden
+    assert hidden.startswith("postgresql://app") and "db" in hidden and "/tasks" in hidden
+
+
+async def test_text_logs_escape_control_characters(aiohttp_client, make_app) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        client = await aiohttp_client(make_app())
+        forged = "%0A2026-01-01%2000:00:00,000%20INFO%20service:%20forged%0D%1B[31m%E2%80%A8%C2%85"
+        async with client.get(URL(f"/healthz{forged}", encoded=True)) as response:
+            assert response.status == 404
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    output = stream.getvalue()
+    assert "forged" in output  # the request was logged, its path escaped on one line
+    for line in output.splitlines():
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ", line), line
+        assert "forged" not in line or "\\n2026" in line
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]", output)

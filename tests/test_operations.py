@@ -1,6 +1,8 @@
 """Operations: Prometheus metrics (summed over workers, optionally behind a token), rate
 limits on writes and logins, and CORS for browser frontends."""
 
+import asyncio
+import dataclasses
 import re
 
 import aiohttp
@@ -24,7 +26,8 @@ def sample(text: str, name: str, **labels: str) -> float:
     return total
 
 
-async def test_metrics_count_requests_by_route_and_status(api: ApiClient, alice: User) -> None:
+async def test_metrics_count_requests_by_route_and_status(aiohttp_client, make_app, alice: User) -> None:
+    api = ApiClient(await aiohttp_client(make_app(metrics_public=True)))
     await api.post(alice.tasks, token=alice.token, json={"title": "counted"})
     await api.get(f"{alice.tasks}/999999", token=alice.token)
     answer = await api.get("/metrics")
@@ -47,19 +50,44 @@ async def test_metrics_need_the_metrics_token_when_one_is_set(aiohttp_client, ma
     assert (await api.get("/metrics", token="scrape-me")).status == 200
 
 
+async def test_metrics_are_refused_to_anonymous_clients_by_default(api: ApiClient, alice: User) -> None:
+    assert (await api.get("/metrics")).status == 401
+    assert (await api.get("/metrics", token=alice.token)).status == 401  # a user's token is not enough
+
+
+async def test_metrics_public_opens_them_to_anyone(aiohttp_client, make_app) -> None:
+    api = ApiClient(await aiohttp_client(make_app(metrics_public=True)))
+    assert (await api.get("/metrics")).status == 200
+
+
+async def test_metrics_are_rendered_at_most_once_a_second(aiohttp_client, make_app) -> None:
+    api = ApiClient(await aiohttp_client(make_app(metrics_public=True)))
+    first = (await api.get("/metrics")).body
+    for _ in range(5):
+        await api.get("/healthz")
+    assert (await api.get("/metrics")).body == first  # the same page, not rendered again
+    await asyncio.sleep(1.1)
+    later = (await api.get("/metrics")).body.decode()
+    assert sample(later, "taskapi_http_requests_total", route="healthz") >= 5
+
+
 async def test_database_errors_are_counted(aiohttp_client) -> None:
     settings = Settings(
         database_url="postgresql://postgres@127.0.0.1:1/none", jwt_secret=TEST_SECRET, db_acquire_timeout=0.5
     )
-    api = ApiClient(await aiohttp_client(create_app(settings)))
+    api = ApiClient(await aiohttp_client(create_app(dataclasses.replace(settings, metrics_public=True))))
     before = sample((await api.get("/metrics")).body.decode(), "taskapi_db_errors_total")
     assert (await api.get("/api/1/tasks", token=mint_token(1, TEST_SECRET, 60))).status == 503
+    await asyncio.sleep(1.1)  # metrics are rendered at most once a second
     after = sample((await api.get("/metrics")).body.decode(), "taskapi_db_errors_total")
     assert after == before + 1
 
 
 async def test_metrics_add_up_every_workers_requests(pg_server_url: str) -> None:
-    with fresh_database(pg_server_url) as url, running_service(url, workers=2) as (base_url, _):
+    with (
+        fresh_database(pg_server_url) as url,
+        running_service(url, workers=2, METRICS_PUBLIC="1") as (base_url, _),
+    ):
         # A connection per request, so the kernel spreads them over both workers.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             for _ in range(40):

@@ -7,8 +7,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
+import orjson
 import pytest
 
 from service.app import create_app
@@ -17,7 +20,7 @@ from service.db import migrate
 from service.devdb import EmbeddedPostgres
 from service.keys import PG_POOL
 from service.settings import Settings
-from tests.conftest import TEST_SECRET, ApiClient
+from tests.conftest import TEST_SECRET, ApiClient, fresh_database, running_service
 
 
 @pytest.fixture
@@ -31,10 +34,15 @@ def private_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
         server.stop()
 
 
-async def test_a_database_crash_mid_run_loses_no_acknowledged_write(
+CRASHES = 8
+
+
+async def test_database_crashes_mid_run_lose_no_acknowledged_write_and_answer_no_500(
     aiohttp_client, private_server: EmbeddedPostgres
 ) -> None:
-    settings = Settings(database_url=private_server.url, jwt_secret=TEST_SECRET, db_acquire_timeout=1.0)
+    settings = Settings(
+        database_url=private_server.url, jwt_secret=TEST_SECRET, db_acquire_timeout=1.0, rate_limit_writes=0
+    )
     api = ApiClient(await aiohttp_client(create_app(settings)))
     registered = await api.post(
         "/api/auth/register", json={"email": "crash@example.com", "password": "survives-1", "name": "C"}
@@ -46,39 +54,50 @@ async def test_a_database_crash_mid_run_loses_no_acknowledged_write(
     writing = True
 
     async def writer(number: int) -> None:
+        # Creates, and completions of what was created (a transaction with a second statement),
+        # so that a crash can land in either.
         nonlocal slowest
         count = 0
-        while writing and count < 2000:
+        while writing and count < 20000:
             count += 1
             started = time.monotonic()
-            answer = await api.post(
-                f"/api/{user_id}/tasks", token=token, json={"title": f"w{number}-{count}"}
-            )
+            if count % 3 == 0 and acknowledged:
+                answer = await api.patch(f"/api/{user_id}/tasks/{acknowledged[-1]}/complete", token=token)
+            else:
+                answer = await api.post(
+                    f"/api/{user_id}/tasks", token=token, json={"title": f"w{number}-{count}"}
+                )
             slowest = max(slowest, time.monotonic() - started)
             statuses[answer.status] += 1
             if answer.status == 201:
                 acknowledged.append(answer.json["id"])
-            else:
-                assert answer.status == 503 and answer.headers["Retry-After"], answer.json
+            elif answer.status != 200:
+                # Counted, not asserted here: a writer that stopped would stall the test.
+                if answer.status == 503 and "Retry-After" not in answer.headers:
+                    statuses[-503] += 1
                 await asyncio.sleep(0.05)
 
     writers = [asyncio.create_task(writer(n)) for n in range(4)]
-    await asyncio.sleep(0.5)
-    before_crash = len(acknowledged)
-    await asyncio.to_thread(private_server.stop, "immediate")  # as in a crash: no clean shutdown
-    await asyncio.sleep(1.0)
-    assert (await api.get("/readyz")).status == 503
-    during_outage = statuses[503]
-    await asyncio.to_thread(private_server.start, private_server.port)
-    recovered_by = time.monotonic() + 15
-    while time.monotonic() < recovered_by and len(acknowledged) < before_crash + 40:  # noqa: ASYNC110 - polls a deadline too
-        await asyncio.sleep(0.1)
-    writing = False
-    await asyncio.gather(*writers)
+    try:
+        for crash in range(CRASHES):
+            await asyncio.sleep(0.5)
+            before_crash = len(acknowledged)
+            assert before_crash > 0, statuses
+            await asyncio.to_thread(private_server.stop, "immediate")  # as in a crash: no clean shutdown
+            await asyncio.sleep(0.5)
+            if crash == 0:
+                assert (await api.get("/readyz")).status == 503
+                assert statuses[503] > 0, statuses
+            await asyncio.to_thread(private_server.start, private_server.port)
+            recovered_by = time.monotonic() + 15
+            while time.monotonic() < recovered_by and len(acknowledged) < before_crash + 40:  # noqa: ASYNC110 - polls a deadline too
+                await asyncio.sleep(0.1)
+            assert len(acknowledged) >= before_crash + 40, f"no recovery after crash {crash + 1}"
+    finally:
+        writing = False
+        await asyncio.gather(*writers, return_exceptions=True)
 
-    assert before_crash > 0 and during_outage > 0, statuses
-    assert len(acknowledged) >= before_crash + 40, "the service did not recover by itself"
-    assert set(statuses) <= {201, 503}, statuses  # never a 500
+    assert set(statuses) <= {200, 201, 503}, statuses  # never a 500, in any of the crashes
     assert slowest < settings.db_acquire_timeout + 3  # answers stay bounded while it is down
     assert (await api.get("/readyz")).status == 200
     conn = await asyncpg.connect(private_server.url)
@@ -111,3 +130,35 @@ async def test_a_slow_query_is_cut_off_by_the_statement_timeout(aiohttp_client, 
     async with app[PG_POOL].acquire() as conn:
         with pytest.raises(asyncpg.QueryCanceledError):
             await conn.execute("SELECT pg_sleep(5)")
+
+
+async def test_a_client_that_aborts_its_upload_is_not_a_database_outage(
+    pg_server_url: str, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "service.log"
+    with (
+        fresh_database(pg_server_url) as url,
+        log_path.open("wb") as log,
+        running_service(url, log=log, LOG_LEVEL="INFO", METRICS_PUBLIC="1") as (base_url, _),
+    ):
+        host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
+        async with aiohttp.ClientSession() as http:
+            token = mint_token(1, TEST_SECRET, 600)
+            for _ in range(3):
+                _, writer = await asyncio.open_connection(host, port)
+                writer.write(
+                    b"POST /api/1/tasks HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                    + f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n".encode()
+                    + b'{"title": "cut sh'
+                )
+                await writer.drain()
+                await asyncio.sleep(0.2)
+                writer.close()
+            await asyncio.sleep(1.0)
+            async with http.get(f"{base_url}/metrics") as response:
+                metrics = await response.text()
+    entries = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    answered = [entry["status"] for entry in entries if entry.get("route") == "create_task"]
+    assert answered == [499, 499, 499]  # as nginx logs a client that left: no 503
+    assert not [entry for entry in entries if entry["level"] in ("WARNING", "ERROR")], entries
+    assert "taskapi_db_errors_total{" not in metrics

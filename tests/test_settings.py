@@ -43,6 +43,8 @@ def test_better_auth_secret_is_the_fallback_name() -> None:
         ({"RATE_LIMIT_WRITES": "-5"}, "RATE_LIMIT_WRITES"),
         ({"JWT_TTL_SECONDS": "10"}, "JWT_TTL_SECONDS"),
         ({"MIGRATE_ON_START": "maybe"}, "MIGRATE_ON_START"),
+        ({"PUBLIC_URL": "tasks.example.com"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "https://tasks.example.com/?x=1"}, "PUBLIC_URL"),
     ],
 )
 def test_bad_values_name_the_variable(change: dict, named: str) -> None:

@@ -5,7 +5,7 @@ import asyncio
 import asyncpg
 from aiohttp import web
 
-from service.db import HEAD_MIGRATIONS, UNAVAILABLE_ERRORS, connection, queries
+from service.db import HEAD_MIGRATIONS, DatabaseUnavailable, connection, queries
 from service.errors import RETRY_AFTER_SECONDS, Problem
 from service.schemas import json_response
 
@@ -29,7 +29,7 @@ async def readyz(request: web.Request) -> web.Response:
                 rows = await queries.applied_migrations(conn)
     except asyncpg.UndefinedTableError:
         rows = []
-    except UNAVAILABLE_ERRORS:
+    except (DatabaseUnavailable, TimeoutError):
         raise _not_ready("the database is unreachable") from None
     missing = HEAD_MIGRATIONS - {row["migration_id"] for row in rows}
     if missing:

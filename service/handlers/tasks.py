@@ -63,7 +63,9 @@ async def list_tasks(request: web.Request) -> web.Response:
         next_query = MultiDict(request.query)
         next_query.popall("cursor", None)
         next_query["cursor"] = make_cursor(secret, listing, next_after)
-        headers["Link"] = f'<{request.url.with_query(next_query)}>; rel="next"'
+        # Relative (RFC 8288 allows it), or under PUBLIC_URL: never from the Host header.
+        next_url = f"{request.app[SETTINGS].public_url}{request.rel_url.with_query(next_query)}"
+        headers["Link"] = f'<{next_url}>; rel="next"'
     return json_response([task_document(row) for row in rows], headers=headers)
 
 
