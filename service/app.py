@@ -5,19 +5,22 @@ import asyncio
 from aiohttp import web
 
 from service.auth import PasswordHashing, auth_middleware, dummy_password_hash
+from service.changefeed import ChangeWaiters
 from service.cors import cors_middleware
-from service.db import pg_pool
+from service.db import PoolShares, pg_pool
 from service.errors import error_middleware
 from service.headers import answer_headers, header_bytes_middleware
 from service.jobs import chores
 from service.keys import (
     ACCOUNT_LIMITER,
     ADDRESS_LIMITER,
+    CHANGE_WAITERS,
     LISTENER,
     LOGIN_LIMITER,
     METRICS_PAGE,
     PASSWORD_HASHING,
     PG_GATE,
+    POOL_SHARES,
     REVOCATIONS,
     SETTINGS,
     WRITE_LIMITER,
@@ -55,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[PG_GATE] = asyncio.Semaphore(settings.db_pool_max_size)
+    app[POOL_SHARES] = PoolShares(settings.db_pool_per_user)
     app[WRITE_LIMITER] = RateLimiter(settings.rate_limit_writes)
     app[ADDRESS_LIMITER] = RateLimiter(settings.rate_limit_auth_per_address)
     app[LOGIN_LIMITER] = RateLimiter(settings.rate_limit_logins)
@@ -64,6 +68,8 @@ def create_app(settings: Settings) -> web.Application:
     app[REVOCATIONS] = Revocations()
     app[REVOCATIONS].subscribe(app[LISTENER])
     app[METRICS_PAGE] = MetricsPage()
+    app[CHANGE_WAITERS] = ChangeWaiters()
+    app[CHANGE_WAITERS].subscribe(app[LISTENER])
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(listener)
     app.cleanup_ctx.append(chores)

@@ -13,7 +13,7 @@ from yoyo import get_backend, read_migrations
 from yoyo.backends import DatabaseBackend
 from yoyo.migrations import MigrationList
 
-from service.keys import PG_GATE, PG_POOL, SETTINGS
+from service.keys import PG_GATE, PG_POOL, POOL_SHARES, SETTINGS, USER_ID
 from service.metrics import Now
 from service.queries import Queries
 
@@ -54,6 +54,9 @@ _QUERY_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Kept for callers that catch "the database is unavailable" around connection().
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable,)
+# What a loop with connections of its own (the listener, the background chores) waits out and
+# tries again after: the database is unreachable, gone, restarting or too slow.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (*_CONNECT_ERRORS, *_QUERY_ERRORS, asyncpg.InterfaceError)
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +92,18 @@ async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
     """
     app = request.app
     gate, pool = app[PG_GATE], app[PG_POOL]
+    # A user's requests first take one of the user's own share of the pool, so that one user
+    # with many requests at once waits behind their own, not ahead of everyone else.
+    user_id = request.get(USER_ID)
+    shares = app[POOL_SHARES] if user_id is not None else None
     Now.waiting_for_connection += 1
     try:
-        if gate.locked() or pool.get_idle_size() == 0:
+        if gate.locked() or pool.get_idle_size() == 0 or (shares is not None and shares.busy(user_id)):
             async with asyncio.timeout(app[SETTINGS].db_acquire_timeout):
-                conn = await _acquire(gate, pool)
+                conn = await _acquire(gate, pool, shares, user_id)
         else:
             # Nothing to wait for, so no timer: arming one was 6% of a small request's CPU.
-            conn = await _acquire(gate, pool)
+            conn = await _acquire(gate, pool, shares, user_id)
     except _CONNECT_ERRORS as error:
         raise DatabaseUnavailable(type(error).__name__) from error
     finally:
@@ -119,6 +126,8 @@ async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
             await pool.release(conn)
         finally:
             gate.release()
+            if shares is not None:
+                shares.release(user_id)
 
 
 def _closed(conn: asyncpg.Connection) -> bool:
@@ -128,13 +137,59 @@ def _closed(conn: asyncpg.Connection) -> bool:
         return True
 
 
-async def _acquire(gate: asyncio.Semaphore, pool: asyncpg.Pool) -> asyncpg.Connection:
-    await gate.acquire()
+async def _acquire(
+    gate: asyncio.Semaphore, pool: asyncpg.Pool, shares: "PoolShares | None", user_id: int | None
+) -> asyncpg.Connection:
+    if shares is not None:
+        await shares.acquire(user_id)
     try:
-        return await pool.acquire()
+        await gate.acquire()
+        try:
+            return await pool.acquire()
+        except BaseException:
+            gate.release()
+            raise
     except BaseException:
-        gate.release()
+        if shares is not None:
+            shares.release(user_id)
         raise
+
+
+class PoolShares:
+    """How many of the pool's connections each user holds: at most DB_POOL_MAX_PER_USER at
+    once. Without it, one user's 64 parallel searches held the whole pool and another user's
+    list waited 715 ms behind them."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._gates: dict[int | None, asyncio.Semaphore] = {}
+        self._requests: dict[int | None, int] = {}  # holding or waiting, per user
+
+    def busy(self, user_id: int | None) -> bool:
+        gate = self._gates.get(user_id)
+        return gate is not None and gate.locked()
+
+    async def acquire(self, user_id: int | None) -> None:
+        gate = self._gates.get(user_id)
+        if gate is None:
+            gate = self._gates[user_id] = asyncio.Semaphore(self.per_user)
+        self._requests[user_id] = self._requests.get(user_id, 0) + 1
+        try:
+            await gate.acquire()
+        except BaseException:
+            self._leave(user_id)
+            raise
+
+    def release(self, user_id: int | None) -> None:
+        self._gates[user_id].release()
+        self._leave(user_id)
+
+    def _leave(self, user_id: int | None) -> None:
+        left = self._requests[user_id] - 1
+        if left:
+            self._requests[user_id] = left
+        else:  # nobody of this user holds or waits: forget them, to keep memory bounded
+            del self._requests[user_id], self._gates[user_id]
 
 
 async def pg_pool(app: web.Application) -> AsyncIterator[None]:

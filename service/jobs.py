@@ -12,30 +12,50 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import web
 
-from service.db import UNAVAILABLE_ERRORS, queries
+from service.db import OUTAGE_ERRORS, queries
 from service.keys import PG_POOL, SETTINGS
 from service.metrics import JOB_ROWS, JOB_RUNS
 from service.queries import Query
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LAST_RETRY_SECONDS = 60.0
 
 
+def _no_parameters(settings: Settings) -> dict[str, Any]:
+    return {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Chore:
     name: str
-    query: Query  # takes no parameters; returns the number of rows it removed
+    query: Query  # returns the number of rows it removed
     every_seconds: float
+    parameters: Callable[[Settings], dict[str, Any]] = _no_parameters
 
 
 CHORES = (
     Chore("purge_sessions", queries.purge_sessions, every_seconds=600),
     Chore("purge_revocations", queries.purge_revocations, every_seconds=600),
+    Chore(
+        "purge_trash",
+        queries.purge_trash,
+        every_seconds=300,
+        parameters=lambda settings: {"retention_days": settings.trash_retention_days},
+    ),
+    Chore(
+        "purge_changes",
+        queries.purge_changes,
+        every_seconds=300,
+        parameters=lambda settings: {"retention_days": settings.changes_retention_days},
+    ),
+    Chore("purge_idempotency_keys", queries.purge_idempotency_keys, every_seconds=300),
 )
 
 
@@ -49,7 +69,7 @@ async def run_once(app: web.Application, chore: Chore) -> int | None:
                 "SELECT pg_try_advisory_xact_lock(hashtext($1))", f"taskapi:{chore.name}"
             ):
                 return None
-            removed: int = await chore.query(conn)
+            removed: int = await chore.query(conn, **chore.parameters(app[SETTINGS]))
             return removed
     finally:
         await pool.release(conn)
@@ -62,7 +82,7 @@ async def _repeat(app: web.Application, chore: Chore) -> None:
     while True:
         try:
             removed = await run_once(app, chore)
-        except UNAVAILABLE_ERRORS as error:
+        except OUTAGE_ERRORS as error:
             JOB_RUNS.labels(chore.name, "unavailable").inc()
             log.warning("chore postponed", extra={"chore": chore.name, "error": type(error).__name__})
             await asyncio.sleep(retry)

@@ -10,6 +10,8 @@ from service.settings import Settings
 
 if TYPE_CHECKING:  # these modules import this one
     from service.auth import PasswordHashing  # noqa: F401 - named in the keys' types below
+    from service.changefeed import ChangeWaiters  # noqa: F401
+    from service.db import PoolShares  # noqa: F401
     from service.limits import RateLimiter  # noqa: F401
     from service.listener import Listener  # noqa: F401
     from service.metrics import MetricsPage  # noqa: F401
@@ -18,6 +20,7 @@ if TYPE_CHECKING:  # these modules import this one
 SETTINGS = web.AppKey("SETTINGS", Settings)
 PG_POOL = web.AppKey("PG_POOL", asyncpg.Pool)
 PG_GATE = web.AppKey("PG_GATE", asyncio.Semaphore)  # requests queue here for a connection, in turn
+POOL_SHARES = web.AppKey["PoolShares"]("POOL_SHARES")  # and first for their user's share of the pool
 # A password hash of a random password, verified when a login names an unknown email so that
 # answering "no such user" costs as much time as answering "wrong password".
 DUMMY_PASSWORD_HASH = web.AppKey("DUMMY_PASSWORD_HASH", str)
@@ -25,6 +28,7 @@ DUMMY_PASSWORD_HASH = web.AppKey("DUMMY_PASSWORD_HASH", str)
 # One of each per worker process.
 LISTENER = web.AppKey["Listener"]("LISTENER")  # the worker's one LISTEN connection
 REVOCATIONS = web.AppKey["Revocations"]("REVOCATIONS")  # revoked sessions, kept in memory
+CHANGE_WAITERS = web.AppKey["ChangeWaiters"]("CHANGE_WAITERS")  # long-polling clients of the feed
 PASSWORD_HASHING = web.AppKey["PasswordHashing"]("PASSWORD_HASHING")  # argon2, capped
 WRITE_LIMITER = web.AppKey["RateLimiter"]("WRITE_LIMITER")  # task writes per user
 ADDRESS_LIMITER = web.AppKey["RateLimiter"]("ADDRESS_LIMITER")  # logins and sign-ups per address

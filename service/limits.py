@@ -18,7 +18,10 @@ from aiohttp.typedefs import Handler
 from service.errors import Problem
 from service.keys import ACCOUNT_LIMITER, ADDRESS_LIMITER, LOGIN_LIMITER, SETTINGS, USER_ID, WRITE_LIMITER
 
-WRITE_ROUTES = frozenset({"create_task", "update_task", "delete_task", "complete_task"})
+# Batches count each of their operations, in their handler.
+WRITE_ROUTES = frozenset(
+    {"create_task", "update_task", "delete_task", "complete_task", "restore_task", "purge_task"}
+)
 
 
 class RateLimiter:
@@ -30,22 +33,28 @@ class RateLimiter:
         self.per_minute = per_minute
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
 
-    def check(self, key: str, *, take: bool = True) -> None:
-        """Take one token for `key` (or, with take=False, only make sure one is left), or raise a
-        429 problem saying when to retry."""
+    def check(self, key: str, *, take: bool = True, cost: int = 1) -> None:
+        """Take `cost` tokens for `key` (or, with take=False, only make sure they are there), or
+        raise a 429 problem saying when to retry; nothing is taken then."""
         if self.per_minute == 0:
             return
         now = time.monotonic()
         tokens = self._tokens(key, now)
-        if tokens < 1.0:
-            retry_after = math.ceil((1.0 - tokens) / (self.per_minute / 60.0))
+        if tokens < cost:
+            if cost > self.per_minute:
+                raise Problem(
+                    429,
+                    f"At most {self.per_minute} writes a minute are allowed; send fewer at once.",
+                    headers={"Retry-After": "60"},
+                )
+            retry_after = math.ceil((cost - tokens) / (self.per_minute / 60.0))
             raise Problem(
                 429,
                 f"Too many requests; try again in {retry_after} s.",
                 headers={"Retry-After": str(retry_after)},
             )
         if take:
-            self._store(key, tokens - 1.0, now)
+            self._store(key, tokens - cost, now)
 
     def charge(self, key: str) -> None:
         """Take one token for `key` if one is left, without refusing anything now."""

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 from aiohttp import web
 
-from service.db import UNAVAILABLE_ERRORS, hide_password
+from service.db import OUTAGE_ERRORS, hide_password
 from service.keys import LISTENER, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Listener:
                 await self._listen_once()
                 log.warning("listener connection lost; connecting again")
                 delay = FIRST_RETRY_SECONDS  # it was up: start the backoff anew
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except (*OUTAGE_ERRORS, asyncpg.PostgresError) as error:
                 log.warning(
                     "listener cannot connect; retrying",
                     extra={"error": type(error).__name__, "retry_in_s": delay},

@@ -1,22 +1,17 @@
 """Listing tasks: the sort orders, the page statements made from sql/list_tasks.sql.template,
-and the encrypted, opaque keyset cursors that carry a listing from one page to the next."""
+and the opaque keyset cursors that carry a listing from one page to the next."""
 
-import base64
-import binascii
 import dataclasses
 import functools
 import hashlib
-import hmac
 import re
 from typing import Any
 
 import asyncpg
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
+from service.cursors import seal, unseal
 from service.db import SQL_DIR
-from service.errors import Problem
 from service.queries import numbered
 
 _TEMPLATE = (SQL_DIR / "list_tasks.sql.template").read_text()
@@ -122,51 +117,15 @@ async def fetch_page(
     return rows[: listing.limit], (last["sort_key"], last["id"])
 
 
-def _encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def make_cursor(jwt_secret: str, listing: Listing, after: tuple[str, int]) -> str:
+    """An opaque token for the page after `after`, valid only for this same listing. Encrypted,
+    not only signed (service/cursors.py): the position is a task's sort key (a lower-cased
+    title, a timestamp), which would otherwise be readable in URLs and in proxies' logs."""
+    return seal(jwt_secret, f"tasks:{listing.fingerprint()}", list(after))
 
 
-def _decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-@functools.cache
-def _cipher(secret: bytes) -> AESSIV:
-    return AESSIV(secret)
-
-
-def make_cursor(secret: bytes, listing: Listing, after: tuple[str, int]) -> str:
-    """An opaque token for the page after `after`, valid only for this same listing.
-
-    Encrypted, not only signed: the position is a task's sort key (a lower-cased title, a
-    timestamp), which would otherwise be readable in URLs and in proxies' logs. AES-SIV (RFC
-    5297) rather than AES-GCM: it needs no nonce, where GCM's random 96-bit nonces wear out
-    after about 2**32 cursors under one key, and a repeated nonce gives away its
-    authentication key. The listing's fingerprint is authenticated data, not carried.
-    """
-    plaintext = orjson.dumps([after[0], after[1]])
-    return _encode(_cipher(secret).encrypt(plaintext, [listing.fingerprint().encode()]))
-
-
-def read_cursor(secret: bytes, listing: Listing, cursor: str) -> tuple[str, int]:
-    """The position a cursor holds; 400 if it was altered or made for another listing."""
-    try:
-        plaintext = _cipher(secret).decrypt(_decode(cursor), [listing.fingerprint().encode()])
-        key, task_id = orjson.loads(plaintext)
-    except (InvalidTag, ValueError, TypeError, binascii.Error):
-        raise _bad_cursor(
-            "it was not issued by this service for this listing (user, sort, order and filters), "
-            "or it was altered"
-        ) from None
+def read_cursor(jwt_secret: str, listing: Listing, cursor: str) -> tuple[str, int]:
+    """The position a cursor holds; 400 if it was altered or made for another listing (user,
+    sort, order and filters)."""
+    key, task_id = unseal(jwt_secret, f"tasks:{listing.fingerprint()}", cursor)
     return key, task_id
-
-
-def _bad_cursor(reason: str) -> Problem:
-    return Problem(400, f"Invalid cursor: {reason}.", errors={"cursor": [f"Invalid: {reason}."]})
-
-
-@functools.cache
-def cursor_secret(jwt_secret: str) -> bytes:
-    """The cursor key (AES-256-SIV takes 64 bytes), derived from JWT_SECRET so there is no other
-    secret to manage; its label differs from the one the signed cursors' key had."""
-    return hmac.new(jwt_secret.encode(), b"task-api listing cursor, AES-SIV", hashlib.sha512).digest()

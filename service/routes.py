@@ -3,10 +3,12 @@
 from aiohttp import web
 
 from service import metrics
-from service.handlers import auth, health, sessions, tasks
+from service.handlers import auth, batch, changes, health, sessions, tasks, trash
 
 USER_TASKS = "/api/{user_id:[0-9]+}/tasks"
 USER_TASK = USER_TASKS + "/{task_id:[0-9]+}"
+USER_TRASH = "/api/{user_id:[0-9]+}/trash"
+TRASHED_TASK = USER_TRASH + "/{task_id:[0-9]+}"
 SESSION = "/api/auth/sessions/{session_id:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
 
 
@@ -30,3 +32,9 @@ def setup_routes(app: web.Application) -> None:
     router.add_put(USER_TASK, tasks.update_task, name="update_task")
     router.add_delete(USER_TASK, tasks.delete_task, name="delete_task")
     router.add_patch(USER_TASK + "/complete", tasks.complete_task, name="complete_task")
+    router.add_post(USER_TASKS + "/batch", batch.run_batch, name="batch")
+    router.add_get("/api/{user_id:[0-9]+}/changes", changes.list_changes, name="changes", allow_head=False)
+    router.add_get(USER_TRASH, trash.list_trash, name="trash", allow_head=False)
+    router.add_delete(USER_TRASH, trash.empty_trash, name="empty_trash")
+    router.add_delete(TRASHED_TASK, trash.purge_task, name="purge_task")
+    router.add_post(TRASHED_TASK + "/restore", trash.restore_task, name="restore_task")

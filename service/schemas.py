@@ -208,6 +208,54 @@ class TaskListQuery(Schema):
     REPEATABLE = frozenset({"priority", "tag"})
 
 
+class Batch(Schema):
+    operations = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, max=100))
+
+
+class _Operation(Schema):
+    op = fields.String(required=True)
+    if_match = Text(validate=validate.Length(min=1, max=1024))
+
+
+class _OnTask(_Operation):
+    id = StrictInteger(required=True, validate=validate.Range(min=1, max=2**63 - 1))
+
+
+class CreateOperation(_Operation):
+    task = fields.Nested(TaskCreate, required=True)
+
+
+class UpdateOperation(_OnTask):
+    task = fields.Nested(TaskUpdate, required=True)
+
+
+class CompleteOperation(_OnTask):
+    completed = StrictBoolean()
+
+
+class DeleteOperation(_OnTask):
+    pass
+
+
+class ChangesQuery(Schema):
+    """The query string of GET /api/{user_id}/changes."""
+
+    since = fields.String(validate=validate.Length(min=1, max=1024))
+    limit = fields.Integer(load_default=500, validate=validate.Range(min=1, max=1000))
+    wait = fields.Integer(validate=validate.Range(min=1, max=60))
+
+    REPEATABLE: frozenset[str] = frozenset()
+
+
+class TrashQuery(Schema):
+    """The query string of GET /api/{user_id}/trash."""
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(validate=validate.Length(max=1024))
+
+    REPEATABLE: frozenset[str] = frozenset()
+
+
 class Register(Schema):
     email = fields.Email(required=True, validate=validate.Length(max=254))
     password = Text(required=True, validate=validate.Length(min=8, max=256))
@@ -237,6 +285,16 @@ TASK_LIST_QUERY = TaskListQuery()
 TASK_CREATE = TaskCreate()
 TASK_UPDATE = TaskUpdate()
 TASK_COMPLETE = TaskComplete()
+BATCH = Batch()
+# Each batch operation's schema, by its `op`.
+BATCH_OPERATIONS = {
+    "create": CreateOperation(),
+    "update": UpdateOperation(),
+    "complete": CompleteOperation(),
+    "delete": DeleteOperation(),
+}
+CHANGES_QUERY = ChangesQuery()
+TRASH_QUERY = TrashQuery()
 REGISTER = Register()
 LOGIN = Login()
 REFRESH = Refresh()
@@ -266,7 +324,7 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
     return result
 
 
-def load_query(request: web.Request, schema: TaskListQuery) -> dict[str, Any]:
+def load_query(request: web.Request, schema: TaskListQuery | ChangesQuery | TrashQuery) -> dict[str, Any]:
     """The query string, validated by `schema`; a parameter given twice must be repeatable."""
     given: dict[str, Any] = {}
     for name in request.query:

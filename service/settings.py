@@ -28,6 +28,7 @@ class Settings:
     log_format: str = "json"
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
+    db_pool_max_per_user: int = 0
     db_acquire_timeout: float = 5.0
     db_statement_timeout: float = 10.0
     db_pgbouncer: bool = False
@@ -44,6 +45,10 @@ class Settings:
     metrics_token: str = dataclasses.field(default="", repr=False)
     metrics_public: bool = False
     cors_origins: tuple[str, ...] = ()
+    max_tasks_per_user: int = 100_000
+    trash_retention_days: int = 30
+    changes_retention_days: int = 30
+    idempotency_ttl_seconds: int = 86_400
     rate_limit_writes: int = 600
     rate_limit_logins: int = 10
     rate_limit_logins_per_account: int = 100
@@ -84,6 +89,7 @@ class Settings:
             log_format=reader.choice("LOG_FORMAT", cls.log_format, ("json", "text")),
             db_pool_min_size=pool_min,
             db_pool_max_size=pool_max,
+            db_pool_max_per_user=reader.integer("DB_POOL_MAX_PER_USER", cls.db_pool_max_per_user, minimum=0),
             db_acquire_timeout=reader.number("DB_ACQUIRE_TIMEOUT", cls.db_acquire_timeout),
             db_statement_timeout=reader.number("DB_STATEMENT_TIMEOUT", cls.db_statement_timeout),
             db_pgbouncer=pgbouncer,
@@ -106,6 +112,16 @@ class Settings:
             metrics_token=reader.text("METRICS_TOKEN", ""),
             metrics_public=reader.boolean("METRICS_PUBLIC", cls.metrics_public),
             cors_origins=reader.origins("CORS_ORIGINS"),
+            max_tasks_per_user=reader.integer("MAX_TASKS_PER_USER", cls.max_tasks_per_user, minimum=1),
+            trash_retention_days=reader.integer(
+                "TRASH_RETENTION_DAYS", cls.trash_retention_days, minimum=1, maximum=3650
+            ),
+            changes_retention_days=reader.integer(
+                "CHANGES_RETENTION_DAYS", cls.changes_retention_days, minimum=1, maximum=3650
+            ),
+            idempotency_ttl_seconds=reader.integer(
+                "IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, minimum=60, maximum=30 * 86400
+            ),
             rate_limit_writes=reader.integer("RATE_LIMIT_WRITES", cls.rate_limit_writes, minimum=0),
             rate_limit_logins=reader.integer("RATE_LIMIT_LOGINS", cls.rate_limit_logins, minimum=0),
             rate_limit_logins_per_account=reader.integer(
@@ -123,6 +139,12 @@ class Settings:
             ),
             public_url=reader.public_url("PUBLIC_URL"),
         )
+
+    @property
+    def db_pool_per_user(self) -> int:
+        """Connections one user may hold at once: DB_POOL_MAX_PER_USER, or else a third of the
+        pool (at least one)."""
+        return self.db_pool_max_per_user or max(1, self.db_pool_max_size // 3)
 
     @property
     def listen_url(self) -> str:

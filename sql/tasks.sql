@@ -1,25 +1,38 @@
 -- Queries on tasks (listing pages come from list_tasks.sql.template). Every one has user_id in
 -- its WHERE: a task that is not yours is not found. They return whole rows (tasks.*); the Task
 -- schema decides what clients see. Writes bump updated_at strictly, so two versions of a task
--- never share a timestamp, and keep completed_at: set when a task becomes completed, cleared
--- when it is reopened.
+-- never share a timestamp (it is the task's ETag), and keep completed_at: set when a task
+-- becomes completed, cleared when it is reopened. Every write records its change in the same
+-- statement (record_task_change, migration 0009), and a conditional one compares if_match (the
+-- updated_at values an If-Match header accepts; null for any) in its own WHERE, so that the
+-- check and the write are one atomic step.
 
 -- name: get_task(user_id, task_id)^
 -- One of the user's tasks.
 SELECT * FROM tasks WHERE user_id = :user_id AND id = :task_id;
 
--- name: create_task(user_id, title, description, completed, priority, tags, due_date, remind_at, recurrence_every, recurrence_interval)^
--- Add a task for the user.
-INSERT INTO tasks (user_id, title, description, completed, completed_at, priority, tags, due_date,
-                   remind_at, recurrence_every, recurrence_interval)
-VALUES (:user_id, :title, :description, :completed,
-        CASE WHEN :completed THEN statement_timestamp() END,
-        :priority, :tags, :due_date, :remind_at, :recurrence_every, :recurrence_interval)
-RETURNING *;
+-- name: create_task(user_id, max_tasks, title, description, completed, priority, tags, due_date, remind_at, recurrence_every, recurrence_interval)^
+-- Add a task for the user, unless they already keep max_tasks (live or in the trash): then no
+-- row. The counter's row lock makes concurrent creates of one user count one after another.
+WITH room AS (
+    SELECT coalesce((SELECT tasks FROM task_counters WHERE user_id = :user_id FOR UPDATE), 0) < :max_tasks AS ok
+), created AS (
+    INSERT INTO tasks (user_id, title, description, completed, completed_at, priority, tags, due_date,
+                       remind_at, recurrence_every, recurrence_interval)
+    SELECT :user_id, :title, :description, :completed,
+           CASE WHEN :completed THEN statement_timestamp() END,
+           :priority, :tags, :due_date, :remind_at, :recurrence_every, :recurrence_interval
+    FROM room
+    WHERE room.ok
+    RETURNING *
+)
+SELECT created.*, record_task_change(created.user_id, created.id, 'created', to_jsonb(created)) AS change
+FROM created;
 
--- name: update_task(user_id, task_id, title, set_description, description, completed, priority, tags, set_due_date, due_date, set_remind_at, remind_at, set_recurrence, recurrence_every, recurrence_interval)^
+-- name: update_task(user_id, task_id, if_match, title, set_description, description, completed, priority, tags, set_due_date, due_date, set_remind_at, remind_at, set_recurrence, recurrence_every, recurrence_interval)^
 -- Change the given fields of one of the user's tasks: a null title, completed, priority or
 -- tags keeps the old value; a nullable field changes only when its set_ flag is true.
+WITH updated AS (
 UPDATE tasks
 SET title               = coalesce(:title, title),
     description         = CASE WHEN :set_description THEN :description ELSE description END,
@@ -35,25 +48,41 @@ SET title               = coalesce(:title, title),
     recurrence_interval = CASE WHEN :set_recurrence THEN :recurrence_interval ELSE recurrence_interval END,
     updated_at          = greatest(statement_timestamp(), updated_at + interval '1 microsecond')
 WHERE user_id = :user_id AND id = :task_id
-RETURNING *;
+  AND (:if_match::timestamptz[] IS NULL OR updated_at = ANY (:if_match))
+RETURNING *
+)
+SELECT updated.*,
+       record_task_change(updated.user_id, updated.id, task_event(updated.completed_at), to_jsonb(updated)) AS change
+FROM updated;
 
--- name: complete_task(user_id, task_id, completed)^
+-- name: complete_task(user_id, task_id, if_match, completed)^
 -- Set completed on one of the user's tasks, or flip it when completed is null.
-UPDATE tasks
-SET completed    = coalesce(:completed, NOT completed),
-    completed_at = CASE WHEN NOT coalesce(:completed, NOT completed) THEN NULL
-                        WHEN completed THEN completed_at
-                        ELSE statement_timestamp() END,
-    updated_at   = greatest(statement_timestamp(), updated_at + interval '1 microsecond')
-WHERE user_id = :user_id AND id = :task_id
-RETURNING *;
+WITH updated AS (
+    UPDATE tasks
+    SET completed    = coalesce(:completed, NOT completed),
+        completed_at = CASE WHEN NOT coalesce(:completed, NOT completed) THEN NULL
+                            WHEN completed THEN completed_at
+                            ELSE statement_timestamp() END,
+        updated_at   = greatest(statement_timestamp(), updated_at + interval '1 microsecond')
+    WHERE user_id = :user_id AND id = :task_id
+      AND (:if_match::timestamptz[] IS NULL OR updated_at = ANY (:if_match))
+    RETURNING *
+)
+SELECT updated.*,
+       record_task_change(updated.user_id, updated.id, task_event(updated.completed_at), to_jsonb(updated)) AS change
+FROM updated;
 
--- name: repeat_task(user_id, task_id)^
--- Create the next occurrence of a completed repeating task and link it as next_task_id. Its due
+-- name: repeat_task(user_id, task_id, change, max_tasks)^
+-- Create the next occurrence of a completed repeating task and link it as next_task_id; the
+-- change that completed it (its position in change) is rewritten to show the link, so one
+-- completion stays one change, and the occurrence is recorded as created. When the user keeps
+-- max_tasks already, nothing is created and the row says quota_full. Its due
 -- date (now, if it had none) and reminder move on by the rule, in UTC; month ends clamp, so
 -- Jan 31 + 1 month is Feb 28, or Feb 29 in a leap year. A series ends (no row) rather than run
 -- past the year 9000, which keeps every date far from the end of what can be stored.
-WITH done AS (
+WITH room AS (
+    SELECT coalesce((SELECT tasks FROM task_counters WHERE user_id = :user_id FOR UPDATE) >= :max_tasks, false) AS quota_full
+), done AS (
     SELECT tasks.*,
            CASE recurrence_every
                WHEN 'day' THEN make_interval(days => recurrence_interval)
@@ -62,7 +91,7 @@ WITH done AS (
                WHEN 'year' THEN make_interval(years => recurrence_interval)
            END AS step
     FROM tasks
-    WHERE user_id = :user_id AND id = :task_id
+    WHERE user_id = :user_id AND id = :task_id AND NOT (SELECT quota_full FROM room)
 ), next AS (
     INSERT INTO tasks (user_id, title, description, priority, tags, due_date, remind_at,
                        recurrence_every, recurrence_interval)
@@ -72,17 +101,35 @@ WITH done AS (
          LATERAL (SELECT (coalesce(due_date, statement_timestamp()) AT TIME ZONE 'UTC' + step) AT TIME ZONE 'UTC',
                          (remind_at AT TIME ZONE 'UTC' + step) AT TIME ZONE 'UTC') AS moved (next_due, next_remind)
     WHERE next_due < '9000-01-01T00:00:00Z' AND coalesce(next_remind < '9000-01-01T00:00:00Z', true)
-    RETURNING id
+    RETURNING *
+), linked AS (
+    UPDATE tasks
+    SET next_task_id = next.id,
+        updated_at   = greatest(statement_timestamp(), tasks.updated_at + interval '1 microsecond')
+    FROM next
+    WHERE tasks.user_id = :user_id AND tasks.id = :task_id
+    RETURNING tasks.*
+), recorded AS (
+    UPDATE task_changes SET task = to_jsonb(linked)
+    FROM linked
+    WHERE task_changes.user_id = :user_id AND task_changes.seq = :change
 )
-UPDATE tasks
-SET next_task_id = next.id,
-    updated_at   = greatest(statement_timestamp(), updated_at + interval '1 microsecond')
-FROM next
-WHERE tasks.user_id = :user_id AND tasks.id = :task_id
-RETURNING tasks.*;
+SELECT linked.*, false AS quota_full, record_task_change(next.user_id, next.id, 'created', to_jsonb(next)) AS change
+FROM linked, next
+UNION ALL
+SELECT (NULL::tasks).*, true, NULL FROM room WHERE quota_full;
 
--- name: delete_task(user_id, task_id)$
--- Delete one of the user's tasks; returns its id, or null when there was none.
-DELETE FROM tasks
-WHERE user_id = :user_id AND id = :task_id
-RETURNING id;
+-- name: delete_task(user_id, task_id, if_match)$
+-- Move one of the user's tasks to the trash (sql/trash.sql), as it was; returns its id, or null
+-- when there was none (or If-Match did not match).
+WITH gone AS (
+    DELETE FROM tasks
+    WHERE user_id = :user_id AND id = :task_id
+      AND (:if_match::timestamptz[] IS NULL OR updated_at = ANY (:if_match))
+    RETURNING *
+), trashed AS (
+    INSERT INTO trashed_tasks (user_id, id, task)
+    SELECT user_id, id, to_jsonb(gone) FROM gone
+    RETURNING user_id, id
+)
+SELECT id FROM trashed WHERE record_task_change(user_id, id, 'deleted', NULL) IS NOT NULL;

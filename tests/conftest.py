@@ -37,6 +37,7 @@ from service.app import create_app
 from service.auth import mint_token
 from service.db import PROJECT_DIR, migrate, pg_pool
 from service.devdb import EmbeddedPostgres
+from service.jobs import chores
 from service.keys import PG_POOL
 from service.settings import Settings
 
@@ -158,8 +159,9 @@ def database_url(pg_server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def service_url(database_url: str) -> Iterator[str]:
-    """The real service in its own process, with a real pool, on this session's database."""
-    with running_service(database_url) as (base_url, _):
+    """The real service in its own process, with a real pool, on this session's database; no
+    write limit (tests of it set their own)."""
+    with running_service(database_url, RATE_LIMIT_WRITES="0") as (base_url, _):
         yield base_url
 
 
@@ -313,6 +315,9 @@ def make_app(settings: Settings, db: asyncpg.Connection) -> Any:
             yield
 
         app.cleanup_ctx[app.cleanup_ctx.index(pg_pool)] = test_pool
+        # Background chores would wake at random inside the test's one shared connection;
+        # they are tested on real pools of their own (test_changes.py).
+        app.cleanup_ctx.remove(chores)
         return app
 
     return build

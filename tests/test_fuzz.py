@@ -5,6 +5,7 @@ allow, and no user ever reading another user's tasks."""
 import json
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,7 +165,14 @@ def no_cross_user_read(ctx: CheckContext, response: Response, case: Case) -> Non
     if "tasks" not in (case.operation.tags or []):
         return
     body = response.json()
-    tasks = body if isinstance(body, list) else [body]
+    if isinstance(body, list):
+        tasks = body
+    elif "results" in body:  # a batch
+        tasks = [result["task"] for result in body["results"] if "task" in result]
+    elif "changes" in body:  # the change feed
+        tasks = [change["task"] for change in body["changes"] if "task" in change]
+    else:
+        tasks = [body]
     foreign = [task for task in tasks if task["user_id"] != ALICE_ID or task["id"] in BOB_TASK_IDS]
     assert not foreign, f"another user's tasks in the answer: {foreign}"
 
@@ -177,11 +185,24 @@ cross_user_schema = _schema(
 
 @alice_schema.hook
 def map_case(context: HookContext, case: Case) -> Case:
-    """Valid cases carry no cursor: only one the service signed is valid, which no schema can say
-    (tests/test_listing.py covers altered and foreign cursors)."""
+    """Valid cases carry no cursor and no precondition: only a cursor the service made, and only
+    an ETag the task has now, is valid, which no schema can say (tests/test_listing.py,
+    test_changes.py and test_retries.py cover altered cursors and failed preconditions). Each
+    Idempotency-Key is new: the same key with another request is rightly 422."""
     meta = case.meta
-    if case.query and meta is not None and meta.generation.mode is GenerationMode.POSITIVE:
+    if meta is None or meta.generation.mode is not GenerationMode.POSITIVE:
+        return case
+    if case.query:
         case.query.pop("cursor", None)
+        case.query.pop("since", None)
+    if case.headers:
+        case.headers.pop("If-Match", None)
+        if "Idempotency-Key" in case.headers:
+            case.headers["Idempotency-Key"] = uuid.uuid4().hex
+    if isinstance(case.body, dict) and isinstance(case.body.get("operations"), list):
+        for operation in case.body["operations"]:
+            if isinstance(operation, dict):
+                operation.pop("if_match", None)
     return case
 
 

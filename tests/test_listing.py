@@ -451,8 +451,9 @@ def test_a_deep_page_reads_no_more_rows_than_the_first(
     conn, heavy_user = plans_db
     statement, names = page_statement(sort, order, frozenset({"user_id", "limit"}))
     every = {"user_id": heavy_user, "limit": 20000}
-    query = statement.replace("$1", "%s").replace("$2", "%s")
-    rows = conn.cursor(row_factory=dict_row).execute(query, [every[n] for n in names]).fetchall()
+    query = re.sub(r"\$(\d+)", r"%(p\1)s", statement)  # a parameter may be used twice
+    arguments = {f"p{number}": every[name] for number, name in enumerate(names, 1)}
+    rows = conn.cursor(row_factory=dict_row).execute(query, arguments).fetchall()
     sort_key, task_id = rows[18000]["sort_key"], rows[18000]["id"]  # the position after page 180 of 100
     first = explain(conn, plan_mode, sort, order, {"user_id": heavy_user, "limit": 101})
     deep = {"user_id": heavy_user, "limit": 101, "after_key": sort_key, "after_id": task_id}

@@ -49,24 +49,33 @@ async def test_database_crashes_mid_run_lose_no_acknowledged_write_and_answer_no
     )
     user_id, token = registered.json["user"]["id"], registered.json["access_token"]
     acknowledged: list[int] = []
+    keys: dict[str, int] = {}  # Idempotency-Key -> the task its create was acknowledged with
     statuses: Counter[int] = Counter()
     slowest = 0.0
     writing = True
 
     async def writer(number: int) -> None:
         # Creates, and completions of what was created (a transaction with a second statement),
-        # so that a crash can land in either.
+        # so that a crash can land in either. Creates carry an Idempotency-Key and are retried
+        # with it until acknowledged, as a careful client does.
         nonlocal slowest
-        count = 0
+        count, key = 0, None
         while writing and count < 20000:
             count += 1
             started = time.monotonic()
-            if count % 3 == 0 and acknowledged:
+            if key is None and count % 3 == 0 and acknowledged:
                 answer = await api.patch(f"/api/{user_id}/tasks/{acknowledged[-1]}/complete", token=token)
             else:
+                key = key or f"w{number}-{count}"
                 answer = await api.post(
-                    f"/api/{user_id}/tasks", token=token, json={"title": f"w{number}-{count}"}
+                    f"/api/{user_id}/tasks",
+                    token=token,
+                    json={"title": key},
+                    headers={"Idempotency-Key": key},
                 )
+                if answer.status == 201:
+                    keys[key] = answer.json["id"]
+                    key = None
             slowest = max(slowest, time.monotonic() - started)
             statuses[answer.status] += 1
             if answer.status == 201:
@@ -102,10 +111,18 @@ async def test_database_crashes_mid_run_lose_no_acknowledged_write_and_answer_no
     assert (await api.get("/readyz")).status == 200
     conn = await asyncpg.connect(private_server.url)
     try:
-        stored = {row["id"] for row in await conn.fetch("SELECT id FROM tasks WHERE user_id = $1", user_id)}
+        tasks = await conn.fetch("SELECT id, title FROM tasks WHERE user_id = $1", user_id)
+        answers = await conn.fetch("SELECT key, body FROM idempotency_keys WHERE user_id = $1", user_id)
     finally:
         await conn.close()
-    assert set(acknowledged) <= stored
+    assert set(acknowledged) <= {task["id"] for task in tasks}
+    # A write and its stored answer commit together: every acknowledged create has its answer,
+    # every stored answer its task, and no create retried through a crash happened twice.
+    stored = {answer["key"]: orjson.loads(answer["body"])["id"] for answer in answers}
+    assert keys.items() <= stored.items()
+    assert set(stored.values()) <= {task["id"] for task in tasks}
+    titles = Counter(task["title"] for task in tasks)
+    assert titles.most_common(1)[0][1] == 1, titles.most_common(3)
 
 
 async def test_an_exhausted_pool_answers_503_within_the_acquire_timeout(

@@ -16,7 +16,11 @@ async def test_sigterm_under_load_drops_no_in_flight_request(pg_server_url: str)
     with (
         fresh_database(pg_server_url) as database_url,
         running_service(
-            database_url, workers=2, DB_POOL_MAX_SIZE=str(IN_FLIGHT), DB_ACQUIRE_TIMEOUT="60"
+            database_url,
+            workers=2,
+            DB_POOL_MAX_SIZE=str(IN_FLIGHT),
+            DB_POOL_MAX_PER_USER=str(IN_FLIGHT),  # one user's requests, all in flight at once
+            DB_ACQUIRE_TIMEOUT="60",
         ) as (
             base_url,
             process,
@@ -51,7 +55,7 @@ async def test_sigterm_under_load_drops_no_in_flight_request(pg_server_url: str)
             while (
                 await watcher.fetchval(
                     "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tasks%'"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO tasks%'"
                 )
                 < IN_FLIGHT
             ):

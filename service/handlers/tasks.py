@@ -1,18 +1,24 @@
-"""Task routes: list, create, read, update, delete and complete the caller's own tasks."""
+"""Task routes: list, create, read, update, delete and complete the caller's own tasks; and the
+writes themselves, which batches share."""
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 from aiohttp import web
-from multidict import MultiDict
 
 from service.auth import BIGINT_MAX, unauthorized
+from service.conditions import if_match, list_etag, none_match, not_modified, precondition_failed, task_etag
+from service.cursors import next_page_link
 from service.db import connection, queries
 from service.errors import Problem
+from service.idempotency import once
 from service.keys import SETTINGS, USER_ID
-from service.listing import DEFAULT_ORDER, Listing, cursor_secret, fetch_page, make_cursor, read_cursor
+from service.listing import DEFAULT_ORDER, Listing, fetch_page, make_cursor, read_cursor
+from service.queries import Query
 from service.schemas import (
     TASK_COMPLETE,
     TASK_CREATE,
@@ -31,7 +37,8 @@ _UPDATABLE = (
 )  # fmt: skip
 
 
-def _task_id(request: web.Request) -> int:
+def task_id_from(request: web.Request) -> int:
+    """The task id in the path; 404 for one beyond bigint, which no task has."""
     raw = request.match_info["task_id"]
     # No task has an id beyond bigint; PostgreSQL would refuse it, and int() refuses 4,300 digits.
     if len(raw) > len(str(BIGINT_MAX)) or int(raw) > BIGINT_MAX:
@@ -45,27 +52,34 @@ def _not_found(task_id: int | str) -> Problem:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    """One page of the caller's tasks, filtered and sorted; the next page's URL in `Link`."""
+    """One page of the caller's tasks, filtered and sorted; the next page's URL in `Link`; 304
+    when If-None-Match names the list's ETag, without reading the list."""
     query = load_query(request, TASK_LIST_QUERY)
+    user_id = request[USER_ID]
     listing = Listing(
-        user_id=request[USER_ID],
+        user_id=user_id,
         sort=query["sort"],
         order=query.get("order", DEFAULT_ORDER[query["sort"]]),
         limit=query["limit"],
         filters=_filters(query),
     )
-    secret = cursor_secret(request.app[SETTINGS].jwt_secret)
+    secret = request.app[SETTINGS].jwt_secret
     after = read_cursor(secret, listing, query["cursor"]) if "cursor" in query else None
+    # What `overdue` selects changes with the clock, not only with writes: no validator then.
+    validated = "overdue" not in query
     async with connection(request) as conn:
+        if validated and "If-None-Match" in request.headers:
+            etag = list_etag((await queries.change_head(conn, user_id=user_id))["head"])
+            if none_match(request, etag):
+                return not_modified(etag)
         rows, next_after = await fetch_page(conn, listing, after)
+        if validated:
+            head = rows[0]["head"] if rows else (await queries.change_head(conn, user_id=user_id))["head"]
     headers = {}
+    if validated:
+        headers["ETag"] = list_etag(head or 0)
     if next_after is not None:
-        next_query = MultiDict(request.query)
-        next_query.popall("cursor", None)
-        next_query["cursor"] = make_cursor(secret, listing, next_after)
-        # Relative (RFC 8288 allows it), or under PUBLIC_URL: never from the Host header.
-        next_url = f"{request.app[SETTINGS].public_url}{request.rel_url.with_query(next_query)}"
-        headers["Link"] = f'<{next_url}>; rel="next"'
+        headers["Link"] = next_page_link(request, make_cursor(secret, listing, next_after))
     return json_response([task_document(row) for row in rows], headers=headers)
 
 
@@ -86,36 +100,110 @@ def _filters(query: dict[str, Any]) -> dict[str, Any]:
     return filters
 
 
-async def create_task(request: web.Request) -> web.Response:
-    """Create a task; 201 with the task and its Location."""
-    fields = await load_body(request, TASK_CREATE)
-    user_id = request[USER_ID]
-    try:
-        async with connection(request) as conn:
-            row = await queries.create_task(conn, user_id=user_id, **fields)
-    except asyncpg.ForeignKeyViolationError:
-        # The token is genuine but its user has been deleted since it was issued.
-        raise unauthorized("The token's user no longer exists.") from None
-    log.info("task created", extra={"user_id": user_id, "task_id": row["id"]})
-    location = request.app.router["task"].url_for(user_id=str(user_id), task_id=str(row["id"]))
-    return json_response(task_document(row), status=201, headers={"Location": str(location)})
-
-
 async def get_task(request: web.Request) -> web.Response:
-    """Read one task."""
-    task_id = _task_id(request)
+    """Read one task; 304 when If-None-Match names its ETag."""
+    task_id = task_id_from(request)
     async with connection(request) as conn:
         row = await queries.get_task(conn, user_id=request[USER_ID], task_id=task_id)
     if row is None:
         raise _not_found(task_id)
-    return json_response(task_document(row))
+    etag = task_etag(row["updated_at"])
+    if none_match(request, etag):
+        return not_modified(etag)
+    return task_response(row)
+
+
+async def create_task(request: web.Request) -> web.Response:
+    """Create a task; 201 with the task, its ETag and its Location."""
+    fields = await load_body(request, TASK_CREATE)
+
+    async def write(conn: asyncpg.Connection) -> web.Response:
+        row = await create(request, conn, fields)
+        location = request.app.router["task"].url_for(user_id=str(row["user_id"]), task_id=str(row["id"]))
+        return task_response(row, status=201, headers={"Location": str(location)})
+
+    return await write_once(request, write)
 
 
 async def update_task(request: web.Request) -> web.Response:
     """Change the fields given in the body and bump updated_at; completing a repeating task
     creates its next occurrence."""
-    task_id = _task_id(request)
+    task_id = task_id_from(request)
     fields = await load_body(request, TASK_UPDATE)
+    expected = if_match(request)
+
+    async def write(conn: asyncpg.Connection) -> web.Response:
+        return task_response(await update(request, conn, task_id, fields, expected))
+
+    return await write_once(request, write)
+
+
+async def delete_task(request: web.Request) -> web.Response:
+    """Move one task to the trash; 204 with no body."""
+    task_id = task_id_from(request)
+    expected = if_match(request)
+
+    async def write(conn: asyncpg.Connection) -> web.Response:
+        await delete(request, conn, task_id, expected)
+        return web.Response(status=204)
+
+    return await write_once(request, write)
+
+
+async def complete_task(request: web.Request) -> web.Response:
+    """Set `completed` from the body, or flip it when there is no body; completing a repeating
+    task creates its next occurrence."""
+    task_id = task_id_from(request)
+    fields = await load_body(request, TASK_COMPLETE) if request.body_exists else {}
+    expected = if_match(request)
+
+    async def write(conn: asyncpg.Connection) -> web.Response:
+        return task_response(await complete(request, conn, task_id, fields.get("completed"), expected))
+
+    return await write_once(request, write)
+
+
+def task_response(row: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A task as an answer, with its ETag."""
+    return json_response(
+        task_document(row), status=status, headers={"ETag": task_etag(row["updated_at"]), **(headers or {})}
+    )
+
+
+async def write_once(
+    request: web.Request, write: Callable[[asyncpg.Connection], Awaitable[web.Response]]
+) -> web.Response:
+    """Run a write and build its answer in one transaction, once per Idempotency-Key."""
+    async with connection(request) as conn, conn.transaction():
+        return await once(request, conn, write)
+
+
+# The writes themselves, each on a connection in the caller's transaction, shared by the routes
+# above and by batches (handlers/batch.py). Each records its change (sql/tasks.sql), checks
+# If-Match in the same statement as the write, and raises a Problem for what it refuses.
+
+
+async def create(request: web.Request, conn: asyncpg.Connection, fields: dict[str, Any]) -> asyncpg.Record:
+    user_id = request[USER_ID]
+    limit = request.app[SETTINGS].max_tasks_per_user
+    try:
+        row = await queries.create_task(conn, user_id=user_id, max_tasks=limit, **fields)
+    except asyncpg.ForeignKeyViolationError:
+        # The token is genuine but its user has been deleted since it was issued.
+        raise unauthorized("The token's user no longer exists.") from None
+    if row is None:
+        raise _full(limit)
+    log.info("task created", extra={"user_id": user_id, "task_id": row["id"]})
+    return row
+
+
+async def update(
+    request: web.Request,
+    conn: asyncpg.Connection,
+    task_id: int,
+    fields: dict[str, Any],
+    expected: list[datetime] | None,
+) -> asyncpg.Record:
     changes = {name: fields.get(name) for name in _UPDATABLE}
     # Null is a value for these, so whether they were given at all travels separately.
     changes.update(
@@ -124,44 +212,72 @@ async def update_task(request: web.Request) -> web.Response:
         set_remind_at="remind_at" in fields,
         set_recurrence="recurrence_every" in fields,
     )
-    row = await _save(request, task_id, queries.update_task, changes)
-    log.info("task updated", extra={"user_id": request[USER_ID], "task_id": task_id})
-    return json_response(task_document(row))
+    return await _change(request, conn, task_id, queries.update_task, changes, expected)
 
 
-async def delete_task(request: web.Request) -> web.Response:
-    """Delete one task; 204 with no body."""
-    task_id = _task_id(request)
+async def complete(
+    request: web.Request,
+    conn: asyncpg.Connection,
+    task_id: int,
+    completed: bool | None,
+    expected: list[datetime] | None,
+) -> asyncpg.Record:
+    return await _change(request, conn, task_id, queries.complete_task, {"completed": completed}, expected)
+
+
+async def delete(
+    request: web.Request, conn: asyncpg.Connection, task_id: int, expected: list[datetime] | None
+) -> None:
     user_id = request[USER_ID]
-    async with connection(request) as conn:
-        deleted = await queries.delete_task(conn, user_id=user_id, task_id=task_id)
-    if deleted is None:
-        raise _not_found(task_id)
+    if await queries.delete_task(conn, user_id=user_id, task_id=task_id, if_match=expected) is None:
+        raise await _refusal(conn, user_id, task_id, expected)
     log.info("task deleted", extra={"user_id": user_id, "task_id": task_id})
-    return web.Response(status=204)
 
 
-async def complete_task(request: web.Request) -> web.Response:
-    """Set `completed` from the body, or flip it when there is no body; completing a repeating
-    task creates its next occurrence."""
-    task_id = _task_id(request)
-    fields = await load_body(request, TASK_COMPLETE) if request.body_exists else {}
-    row = await _save(request, task_id, queries.complete_task, {"completed": fields.get("completed")})
-    log.info("task updated", extra={"user_id": request[USER_ID], "task_id": task_id})
-    return json_response(task_document(row))
-
-
-async def _save(request: web.Request, task_id: int, query: Any, changes: dict[str, Any]) -> asyncpg.Record:
+async def _change(
+    request: web.Request,
+    conn: asyncpg.Connection,
+    task_id: int,
+    query: Query,
+    changes: dict[str, Any],
+    expected: list[datetime] | None,
+) -> asyncpg.Record:
     """Run an update query and, in the same transaction, repeat the task if that completed it."""
     user_id = request[USER_ID]
-    async with connection(request) as conn, conn.transaction():
-        row = await query(conn, user_id=user_id, task_id=task_id, **changes)
-        if row is None:
-            raise _not_found(task_id)
-        # A task continues its series once; reopening and completing it again repeats nothing.
-        if row["completed"] and row["recurrence_every"] is not None and row["next_task_id"] is None:
-            repeated = await queries.repeat_task(conn, user_id=user_id, task_id=task_id)
-            if repeated is not None:  # None: the series has reached its end
-                row = repeated
-                log.info("task created", extra={"user_id": user_id, "task_id": row["next_task_id"]})
+    row = await query(conn, user_id=user_id, task_id=task_id, if_match=expected, **changes)
+    if row is None:
+        raise await _refusal(conn, user_id, task_id, expected)
+    log.info("task updated", extra={"user_id": user_id, "task_id": task_id})
+    # A task continues its series once; reopening and completing it again repeats nothing.
+    if row["completed"] and row["recurrence_every"] is not None and row["next_task_id"] is None:
+        limit = request.app[SETTINGS].max_tasks_per_user
+        repeated = await queries.repeat_task(
+            conn, user_id=user_id, task_id=task_id, change=row["change"], max_tasks=limit
+        )
+        if repeated is not None and repeated["quota_full"]:
+            raise _full(limit)
+        if repeated is not None:  # None: the series has reached its end
+            row = repeated
+            log.info("task created", extra={"user_id": user_id, "task_id": row["next_task_id"]})
     return row
+
+
+async def _refusal(
+    conn: asyncpg.Connection, user_id: int, task_id: int, expected: list[datetime] | None
+) -> Problem:
+    """Why a write found no row: If-Match failed (412: the task changed, or was deleted, since
+    the client read it), or there is no such task (404)."""
+    current = await queries.get_task(conn, user_id=user_id, task_id=task_id)
+    if current is not None:
+        return precondition_failed(task_etag(current["updated_at"]))
+    if expected is not None and await queries.is_trashed(conn, user_id=user_id, task_id=task_id):
+        return precondition_failed(None)
+    return _not_found(task_id)
+
+
+def _full(limit: int) -> Problem:
+    return Problem(
+        409,
+        f"You have {limit:,} tasks, the most one account may keep (MAX_TASKS_PER_USER), counting "
+        "those in the trash: delete some, or empty the trash, first.",
+    )
