@@ -41,6 +41,10 @@ class Settings:
     rate_limit_writes: int = 600
     rate_limit_logins: int = 10
     public_url: str = ""
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keepalive_timeout: float = 75.0
+    max_connections: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -80,6 +84,10 @@ class Settings:
             rate_limit_writes=reader.integer("RATE_LIMIT_WRITES", cls.rate_limit_writes, minimum=0),
             rate_limit_logins=reader.integer("RATE_LIMIT_LOGINS", cls.rate_limit_logins, minimum=0),
             public_url=reader.public_url("PUBLIC_URL"),
+            http_header_timeout=reader.number("HTTP_HEADER_TIMEOUT", cls.http_header_timeout),
+            http_body_timeout=reader.number("HTTP_BODY_TIMEOUT", cls.http_body_timeout),
+            http_keepalive_timeout=reader.number("HTTP_KEEPALIVE_TIMEOUT", cls.http_keepalive_timeout),
+            max_connections=reader.integer("MAX_CONNECTIONS", cls.max_connections, minimum=1),
         )
 
     @property
