@@ -122,7 +122,7 @@ async def test_slow_and_surplus_connections_are_cut_off_while_others_are_served(
         normal: list[tuple[float, int]] = []
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             started = time.monotonic()
-            while time.monotonic() - started < 6:
+            while time.monotonic() - started < 8:
                 asked = time.monotonic()
                 async with asyncio.timeout(2), http.get(f"{base_url}/healthz") as response:
                     normal.append((asked - started, response.status))
@@ -137,12 +137,12 @@ async def test_slow_and_surplus_connections_are_cut_off_while_others_are_served(
             continue
         # Cut off: a silent one after the keep-alive timeout, a dawdling head or body after
         # its timeout (a body then lingers up to 2 s more), none left hanging.
-        assert seconds < 6, (kind, received, seconds)
+        assert seconds < 7, (kind, received, seconds)
         if kind == "head" and received:  # else the 408 was lost to the reset of the close
             assert raw_status(received) == 408
     assert all(status in (200, 503) for _, status in normal)
-    assert [status for when, status in normal if when > 4] and all(
-        status == 200 for when, status in normal if when > 4
+    assert [status for when, status in normal if when > 6] and all(
+        status == 200 for when, status in normal if when > 6
     ), normal  # once the slow ones are cut off, all is well
 
 
