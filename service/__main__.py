@@ -16,7 +16,7 @@ from service.db import PROJECT_DIR, hide_password, migrate
 from service.devdb import EmbeddedPostgres, EmbeddedPostgresError
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError, jwt_issuer_from_env, jwt_secret_from_env
-from service.workers import serve
+from service.workers import CannotListen, listening, serve
 
 DEV_DIR = PROJECT_DIR / ".dev"
 log = logging.getLogger("service")
@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log_level_number, settings.log_format)
         for note in notes:
             log.warning(note)
+        if args.command == "serve":
+            try:  # before migrating: a second instance stops here, with one line
+                sockets = stack.enter_context(listening(settings, max(1, args.workers)))
+            except CannotListen as error:
+                log.error(str(error))
+                return 1
         try:
             if args.command == "migrate" or settings.migrate_on_start:
                 _migrate(settings)
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if args.command == "serve":
             log.info("serving", extra={"host": settings.host, "port": settings.port, "workers": args.workers})
-            return serve(settings, max(1, args.workers))
+            return serve(settings, sockets)
     return 0
 
 

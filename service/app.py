@@ -6,6 +6,7 @@ from aiohttp import web
 
 from service.auth import PasswordHashing, auth_middleware, dummy_password_hash
 from service.changefeed import ChangeWaiters
+from service.connections import handler_args
 from service.cors import cors_middleware
 from service.db import PoolShares, pg_pool
 from service.errors import error_middleware
@@ -27,13 +28,11 @@ from service.keys import (
 )
 from service.limits import RateLimiter, rate_limit_middleware
 from service.listener import Listener, listener
-from service.logs import AccessLogger, request_id_middleware
+from service.logs import request_id_middleware
 from service.metrics import MetricsPage, metrics_middleware, pool_metrics
 from service.revocations import Revocations
 from service.routes import setup_routes
 from service.settings import Settings
-
-MAX_HEADER_FIELD_BYTES = 16 * 1024
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -52,9 +51,7 @@ def create_app(settings: Settings) -> web.Application:
             rate_limit_middleware,
         ],
         client_max_size=settings.max_body_bytes,
-        # aiohttp's default 8 KiB header field limit would answer an oversized token with a
-        # plain-text 400 before any middleware runs; let it reach the token check instead.
-        handler_args={"max_field_size": MAX_HEADER_FIELD_BYTES, "access_log_class": AccessLogger},
+        handler_args=handler_args(settings),
     )
     app[SETTINGS] = settings
     app[PG_GATE] = asyncio.Semaphore(settings.db_pool_max_size)

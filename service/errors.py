@@ -104,14 +104,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             ),
         )
-    except ConnectionResetError:
-        if request.transport is not None and not request.transport.is_closing():
-            raise
-        # The client went away (an upload cut short, a reset mid-answer): nothing failed here,
-        # and no one is left to answer. 499, as nginx logs it.
-        log.info("the client closed the connection before it was answered")
-        return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")
     except Exception as error:
+        if isinstance(error, ConnectionResetError) and (
+            request.transport is None or request.transport.is_closing()
+        ):
+            # The client went away (an upload cut short, a reset mid-answer): nothing failed
+            # here, and no one is left to answer. 499, as nginx logs it.
+            log.info("the client closed the connection before it was answered")
+            return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")
         if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
             DB_ERRORS.labels(type(error).__name__).inc()
         log.exception("unhandled error")

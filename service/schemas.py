@@ -1,5 +1,6 @@
 """Request and response bodies: marshmallow schemas, and reading and writing JSON with them."""
 
+import asyncio
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -9,6 +10,7 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from service.errors import Problem
+from service.keys import SETTINGS
 from service.listing import DEFAULT_ORDER
 
 JSON_CONTENT_TYPE = "application/json"
@@ -311,7 +313,7 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
     """The request's JSON object, validated by `schema`; a 4xx problem when it is not one."""
     if not _is_json(request.content_type):
         raise Problem(415, f"The request body must be {JSON_CONTENT_TYPE}.")
-    raw = await request.read()  # aiohttp answers 413 past client_max_size
+    raw = await _read_body(request)
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
@@ -322,6 +324,18 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
         raise Problem(400, "The request body must be a JSON object.")
     result: dict[str, Any] = schema.load(document)
     return result
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body (aiohttp answers 413 past client_max_size) within HTTP_BODY_TIMEOUT: a body
+    sent a byte at a time would otherwise hold its connection for ever. 408 past it."""
+    if request.content.is_eof():  # it came with the head, as small bodies do: no timer to arm
+        return await request.read()
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].http_body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise Problem(408, "The request body did not arrive in time.") from None
 
 
 def load_query(request: web.Request, schema: TaskListQuery | ChangesQuery | TrashQuery) -> dict[str, Any]:

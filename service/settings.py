@@ -57,6 +57,10 @@ class Settings:
     password_hash_concurrency: int = 1
     password_hash_queue: int = 8
     public_url: str = ""
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keepalive_timeout: float = 75.0
+    max_connections: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -138,6 +142,10 @@ class Settings:
                 "PASSWORD_HASH_QUEUE", cls.password_hash_queue, minimum=0, maximum=10_000
             ),
             public_url=reader.public_url("PUBLIC_URL"),
+            http_header_timeout=reader.number("HTTP_HEADER_TIMEOUT", cls.http_header_timeout),
+            http_body_timeout=reader.number("HTTP_BODY_TIMEOUT", cls.http_body_timeout),
+            http_keepalive_timeout=reader.number("HTTP_KEEPALIVE_TIMEOUT", cls.http_keepalive_timeout),
+            max_connections=reader.integer("MAX_CONNECTIONS", cls.max_connections, minimum=1),
         )
 
     @property

@@ -1,17 +1,24 @@
-"""Serving: in this process, or in N worker processes that share the port; signals reach all."""
+"""Serving: in this process, or in N worker processes that share the port; signals reach all.
+One instance per host and port: a second one fails at start."""
 
+import asyncio
+import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 
 import uvloop
 from aiohttp import web
 
 from service.app import create_app
+from service.connections import ConnectionGuard, connection_cap
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -19,43 +26,146 @@ log = logging.getLogger("service")
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
-def _serve_one(settings: Settings, reuse_port: bool) -> None:
-    configure_logging(settings.log_level_number, settings.log_format)  # a spawned worker starts bare
-    # run_app stops on SIGTERM or SIGINT: it stops accepting, lets in-flight requests finish
-    # within SHUTDOWN_TIMEOUT, then runs the cleanup contexts (closing the pool).
-    web.run_app(
-        create_app(settings),
-        loop=uvloop.new_event_loop(),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port,
-        shutdown_timeout=settings.shutdown_timeout,
-        # aiohttp's default of 128 makes a burst of new connections past it wait for the
-        # client's SYN retry (1 s, then 3 s): the long tail at hundreds of clients.
-        backlog=LISTEN_BACKLOG,
-        print=None,
-    )
+class CannotListen(Exception):
+    """The address is taken, by another instance or another program; the message says which."""
 
 
-def serve(settings: Settings, workers: int) -> int:
-    """Serve in this process, or in `workers` processes that share the port."""
-    if workers == 1:
-        _serve_one(settings, reuse_port=False)
+@contextmanager
+def listening(settings: Settings, workers: int) -> Iterator[list[list[socket.socket]]]:
+    """This instance's claim on HOST:PORT and, for each worker, its bound sockets (one per
+    address HOST resolves to); all released on exit.
+
+    With several workers, each gets sockets of its own with SO_REUSEPORT, so the kernel spreads
+    connections evenly among them. SO_REUSEPORT would also let a second instance bind the same
+    port and silently take half the traffic, so the instance first takes a lock only this
+    service takes: an abstract Unix socket named after HOST:PORT. The kernel releases it when
+    the last process holding it ends, however it ends (no stale lock file), and it lives in the
+    network namespace, as ports do. Binding once and sharing one socket among the workers
+    would exclude a second instance too, but a shared accept queue spreads connections unevenly
+    (one worker may take a whole burst). The sockets are bound here, before the workers start,
+    so a port held by another program is also one clear line, not N dying workers.
+    """
+    with ExitStack() as stack:
+        lock = _instance_lock(settings.host, settings.port)
+        if lock is not None:
+            stack.callback(lock.close)
+        addresses = _addresses(settings.host, settings.port)
+        per_worker = []
+        for _ in range(workers):
+            sockets = [_bind(address, reuse_port=workers > 1) for address in addresses]
+            for sock in sockets:
+                stack.callback(sock.close)
+            per_worker.append(sockets)
+        yield per_worker
+
+
+def _instance_lock(host: str, port: int) -> socket.socket | None:
+    if not sys.platform.startswith("linux"):  # abstract Unix sockets are Linux's
+        return None
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0task-api {host}:{port}")
+    except OSError as error:
+        lock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise CannotListen(f"another instance of the service is already serving {host}:{port}") from None
+        raise
+    return lock
+
+
+def _addresses(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[str, int]]]:
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise CannotListen(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    unique = {(family, (str(address[0]), int(address[1]))): None for family, _, _, _, address in found}
+    return list(unique)
+
+
+def _bind(address: tuple[socket.AddressFamily, tuple[str, int]], *, reuse_port: bool) -> socket.socket:
+    family, (host, port) = address
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin binds alone
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
+
+
+def serve(settings: Settings, sockets: Sequence[list[socket.socket]]) -> int:
+    """Serve in this process, or in one worker process for each list of sockets."""
+    if len(sockets) == 1:
+        _serve_one(settings, sockets[0])
         return 0
-    # Each worker binds the port with SO_REUSEPORT, so the kernel spreads connections among
-    # them; each has its own event loop and pool. Workers are spawned, not forked: a fresh
-    # interpreter reads PROMETHEUS_MULTIPROC_DIR before it imports prometheus_client, so that
-    # the metrics of every worker reach every scrape.
+    # Workers are spawned, not forked: a fresh interpreter reads PROMETHEUS_MULTIPROC_DIR before
+    # it imports prometheus_client, so that the metrics of every worker reach every scrape.
     with tempfile.TemporaryDirectory(prefix="taskapi-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         context = multiprocessing.get_context("spawn")
         processes = [
-            context.Process(target=_serve_one, args=(settings, True), name=f"worker-{n}")
-            for n in range(workers)
+            context.Process(target=_serve_one, args=(settings, worker_sockets), name=f"worker-{n}")
+            for n, worker_sockets in enumerate(sockets)
         ]
         for process in processes:
             process.start()
+        for worker_sockets in sockets:  # the workers have their own copies now
+            for sock in worker_sockets:
+                sock.close()
         return _supervise(processes)
+
+
+def _serve_one(settings: Settings, sockets: list[socket.socket]) -> None:
+    """Serve on `sockets` until SIGTERM or SIGINT, as aiohttp's run_app does, but with the
+    connection guard as the listening sockets' protocol factory."""
+    configure_logging(settings.log_level_number, settings.log_format)  # a spawned worker starts bare
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_serve(settings, sockets))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main.done():
+            main.cancel()
+            with suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        rest = asyncio.all_tasks(loop)
+        for task in rest:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
+    # On SIGTERM or SIGINT the runner raises GracefulExit; the main task is then cancelled and
+    # cleans up here: it stops accepting, lets in-flight requests finish within
+    # SHUTDOWN_TIMEOUT, then runs the cleanup contexts (closing the pool).
+    runner = web.AppRunner(
+        create_app(settings), handle_signals=True, shutdown_timeout=settings.shutdown_timeout
+    )
+    await runner.setup()
+    assert runner.server is not None
+    guard = ConnectionGuard(runner.server, settings, connection_cap(settings))
+    loop = asyncio.get_running_loop()
+    listeners = []
+    try:
+        for sock in sockets:
+            # aiohttp's default backlog of 128 makes a burst of new connections past it wait for
+            # the client's SYN retry (1 s, then 3 s): the long tail at hundreds of clients.
+            listeners.append(await loop.create_server(guard, sock=sock, backlog=LISTEN_BACKLOG))
+        await asyncio.Future()  # until a signal
+    finally:
+        for listener in listeners:
+            listener.close()
+        await runner.cleanup()
 
 
 def _supervise(processes: Sequence[multiprocessing.process.BaseProcess]) -> int:

@@ -107,7 +107,7 @@ async def test_database_crashes_mid_run_lose_no_acknowledged_write_and_answer_no
         await asyncio.gather(*writers, return_exceptions=True)
 
     assert set(statuses) <= {200, 201, 503}, statuses  # never a 500, in any of the crashes
-    assert slowest < settings.db_acquire_timeout + 3  # answers stay bounded while it is down
+    assert slowest < settings.db_acquire_timeout + 5  # answers stay bounded while it is down
     assert (await api.get("/readyz")).status == 200
     conn = await asyncpg.connect(private_server.url)
     try:

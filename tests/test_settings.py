@@ -44,6 +44,11 @@ def test_better_auth_secret_is_the_fallback_name() -> None:
         ({"JWT_TTL_SECONDS": "10"}, "JWT_TTL_SECONDS"),
         ({"MIGRATE_ON_START": "maybe"}, "MIGRATE_ON_START"),
         ({"PUBLIC_URL": "tasks.example.com"}, "PUBLIC_URL"),
+        ({"HTTP_HEADER_TIMEOUT": "0"}, "HTTP_HEADER_TIMEOUT"),
+        ({"HTTP_BODY_TIMEOUT": "soon"}, "HTTP_BODY_TIMEOUT"),
+        ({"HTTP_KEEPALIVE_TIMEOUT": "-1"}, "HTTP_KEEPALIVE_TIMEOUT"),
+        ({"MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS"),
+        ({"METRICS_PUBLIC": "maybe"}, "METRICS_PUBLIC"),
         ({"PUBLIC_URL": "https://tasks.example.com/?x=1"}, "PUBLIC_URL"),
     ],
 )
