@@ -1,17 +1,39 @@
 """Request and response bodies: marshmallow schemas, and reading and writing JSON with them."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from service.errors import Problem
 from service.listing import DEFAULT_ORDER
 
 JSON_CONTENT_TYPE = "application/json"
+
+
+class Length(validate.Length):
+    """A length check whose message names the bound that failed, in characters or items:
+    "Must have at least 8 characters.", where marshmallow says "Length must be between 8 and 256."."""
+
+    def __init__(self, min: int | None = None, max: int | None = None, *, unit: str = "characters") -> None:
+        super().__init__(min, max)
+        self.unit = unit
+
+    def __call__(self, value: Sized) -> Any:
+        if self.min is not None and len(value) < self.min:
+            raise ValidationError(
+                "Must not be empty." if self.min == 1 else f"Must have at least {self.min} {self.unit}."
+            )
+        if self.max is not None and len(value) > self.max:
+            raise ValidationError(f"Must have at most {self.max} {self.unit}.")
+        return value
+
+
+def in_range(low: int, high: int) -> validate.Range:
+    return validate.Range(min=low, max=high, error=f"Must be from {low} to {high}.")
 
 
 class Text(fields.String):
@@ -50,7 +72,9 @@ class DateTime(fields.AwareDateTime):
     never pushes it past them."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(format="iso", validate=_year_in_range, **kwargs)
+        invalid = "Must be a date-time with an offset, such as 2025-12-31T09:00:00Z."
+        messages: dict[str, Any] = {"invalid": invalid, "invalid_awareness": invalid}
+        super().__init__(format="iso", validate=_year_in_range, error_messages=messages, **kwargs)
 
 
 def _year_in_range(value: datetime) -> None:
@@ -114,20 +138,65 @@ WHITESPACE = (
 
 
 def not_blank(value: str) -> None:
-    if not value.strip(WHITESPACE):
+    if value and not value.strip(WHITESPACE):  # empty is the length check's to say
         raise ValidationError("Must not be blank.")
 
 
-class Recurrence(Schema):
+def lower_camel(name: str) -> str:
+    """A snake_case name in lowerCamelCase, as protocol buffers' JSON mapping spells a field:
+    due_date -> dueDate."""
+    first, *rest = name.split("_")
+    return first + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+class RequestBody(Schema):
+    """A JSON request body. Every schema of one derives from this, which is the one place that
+    lets each field also be spelled in lowerCamelCase (`dueDate` for `due_date`): giving both
+    spellings of one field is an error, a field unknown in both is one as ever, errors name each
+    field as the client spelled it, and answers stay snake_case."""
+
+    error_messages = {  # noqa: RUF012 - marshmallow reads it from the class
+        "unknown": "Not a field of this request.",
+        "type": "Must be a JSON object.",
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # camelCase spelling -> field name, for the fields whose spellings differ
+        self.snake_names = {lower_camel(name): name for name in self.load_fields if lower_camel(name) != name}
+
+    @pre_load
+    def accept_camel_case(self, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(data, Mapping) or not self.snake_names:
+            return data  # not an object: the type check that follows refuses it
+        renamed = {}
+        for key, value in data.items():
+            name = self.snake_names.get(key, key)
+            if name != key and name in data:
+                raise ValidationError({key: [f"Also given as {name}; give one of the two."]})
+            renamed[name] = value
+        return renamed
+
+    def handle_error(self, error: ValidationError, data: Any, *, many: bool, **kwargs: Any) -> None:
+        """Name each failing field as the client spelled it."""
+        if not isinstance(data, Mapping) or not isinstance(error.messages, dict):
+            return
+        spelled = {name: key for key, name in self.snake_names.items() if key in data}
+        if spelled.keys() & error.messages.keys():
+            messages = {spelled.get(name, name): value for name, value in error.messages.items()}
+            raise ValidationError(messages, data=data, valid_data=error.valid_data)
+
+
+class Recurrence(RequestBody):
     every = fields.String(required=True, validate=validate.OneOf(["day", "week", "month", "year"]))
-    interval = StrictInteger(load_default=1, validate=validate.Range(min=1, max=365))
+    interval = StrictInteger(load_default=1, validate=in_range(1, 365))
 
 
-class TaskFields(Schema):
+class TaskFields(RequestBody):
     """The fields a client may write; `recurrence` becomes the two columns that store it."""
 
-    title = Text(validate=[validate.Length(min=1, max=255), not_blank])
-    description = Text(allow_none=True, validate=validate.Length(max=1000))
+    title = Text(validate=[Length(min=1, max=255), not_blank])
+    description = Text(allow_none=True, validate=Length(max=1000))
     completed = StrictBoolean()
     priority = Priority()
     tags = Tags()
@@ -145,8 +214,8 @@ class TaskFields(Schema):
 
 
 class TaskCreate(TaskFields):
-    title = Text(required=True, validate=[validate.Length(min=1, max=255), not_blank])
-    description = Text(allow_none=True, load_default=None, validate=validate.Length(max=1000))
+    title = Text(required=True, validate=[Length(min=1, max=255), not_blank])
+    description = Text(allow_none=True, load_default=None, validate=Length(max=1000))
     completed = StrictBoolean(load_default=False)
     priority = Priority(load_default=PRIORITIES["medium"])
     tags = Tags(load_default=list)
@@ -162,7 +231,7 @@ class TaskUpdate(TaskFields):
             raise ValidationError("Give at least one field to change.")
 
 
-class TaskComplete(Schema):
+class TaskComplete(RequestBody):
     completed = StrictBoolean()
 
 
@@ -190,33 +259,38 @@ def task_document(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class TaskListQuery(Schema):
-    """The query string of GET /api/{user_id}/tasks."""
+    """The query string of GET /api/{user_id}/tasks. Its names stay snake_case only: they are
+    the spec's, and the lowerCamelCase spellings are the JSON mapping's, for bodies."""
+
+    error_messages = {"unknown": "Not a parameter of this request."}  # noqa: RUF012 - as above
 
     status = fields.String(load_default="all", validate=validate.OneOf(["all", "pending", "completed"]))
-    priority = fields.List(Priority(), validate=validate.Length(max=3))
-    tag = fields.List(fields.Function(deserialize=normalise_tag), validate=validate.Length(max=MAX_TAGS))
-    q = Text(validate=validate.Length(min=1, max=200))
+    priority = fields.List(Priority(), validate=Length(max=3, unit="values"))
+    tag = fields.List(
+        fields.Function(deserialize=normalise_tag), validate=Length(max=MAX_TAGS, unit="values")
+    )
+    q = Text(validate=Length(min=1, max=200))
     due_before = DateTime()
     due_after = DateTime()
     overdue = fields.Boolean(truthy={"true"}, falsy={"false"})
     sort = fields.String(load_default="created", validate=validate.OneOf(list(DEFAULT_ORDER)))
     order = fields.String(validate=validate.OneOf(["asc", "desc"]))
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Length(max=1024))
+    limit = fields.Integer(load_default=100, validate=in_range(1, 200))
+    cursor = fields.String(validate=Length(max=1024))
 
     # Parameters that may be given more than once (?tag=a&tag=b); the rest at most once.
     REPEATABLE = frozenset({"priority", "tag"})
 
 
-class Register(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=254))
-    password = Text(required=True, validate=validate.Length(min=8, max=256))
-    name = Text(required=True, validate=[validate.Length(min=1, max=100), not_blank])
+class Register(RequestBody):
+    email = fields.Email(required=True, validate=Length(max=254))
+    password = Text(required=True, validate=Length(min=8, max=256))
+    name = Text(required=True, validate=[Length(min=1, max=100), not_blank])
 
 
-class Login(Schema):
-    email = Text(required=True, validate=validate.Length(min=1, max=254))
-    password = Text(required=True, validate=validate.Length(min=1, max=256))
+class Login(RequestBody):
+    email = Text(required=True, validate=Length(min=1, max=254))
+    password = Text(required=True, validate=Length(min=1, max=256))
 
 
 def user_document(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,7 +312,7 @@ def _is_json(content_type: str) -> bool:
     )
 
 
-async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
+async def load_body(request: web.Request, schema: RequestBody) -> dict[str, Any]:
     """The request's JSON object, validated by `schema`; a 4xx problem when it is not one."""
     if not _is_json(request.content_type):
         raise Problem(415, f"The request body must be {JSON_CONTENT_TYPE}.")
