@@ -17,6 +17,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_post("/api/auth/register", auth.register, name="register")
     router.add_post("/api/auth/login", auth.login, name="login")
     router.add_get("/api/auth/me", auth.me, name="me", allow_head=False)
+    router.add_patch("/api/auth/me", auth.update_me, name="update_me")
     router.add_get(USER_TASKS, tasks.list_tasks, name="tasks", allow_head=False)
     router.add_post(USER_TASKS, tasks.create_task, name="create_task")
     router.add_get(USER_TASK, tasks.get_task, name="task", allow_head=False)

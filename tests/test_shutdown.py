@@ -51,7 +51,7 @@ async def test_sigterm_under_load_drops_no_in_flight_request(pg_server_url: str)
             while (
                 await watcher.fetchval(
                     "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tasks%'"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO tasks%'"
                 )
                 < IN_FLIGHT
             ):

@@ -9,6 +9,8 @@ from service import schemas
 from service.schemas import RequestBody
 from tests.conftest import ApiClient, User
 
+REGISTRATION = {"email": "camel@example.com", "password": "analytical engine", "name": "Ada"}
+
 
 async def test_a_task_may_be_written_in_camel_case_and_is_answered_in_snake_case(
     api: ApiClient, alice: User
@@ -25,11 +27,16 @@ async def test_a_task_may_be_written_in_camel_case_and_is_answered_in_snake_case
     )
     assert "dueDate" not in created.json and "remindAt" not in created.json
     url = f"{alice.tasks}/{created.json['id']}"
-    changed = await api.put(
-        url, token=alice.token, json={"dueDate": "2026-04-01T00:00:00Z", "remindAt": None}
-    )
+    changed = await api.put(url, token=alice.token, json={"dueDate": "2026-04-01", "remindAt": None})
     assert changed.status == 200
-    assert (changed.json["due_date"], changed.json["remind_at"]) == ("2026-04-01T00:00:00Z", None)
+    assert (changed.json["due_date"], changed.json["remind_at"]) == ("2026-04-01", None)
+
+
+async def test_the_zone_may_be_written_in_camel_case(api: ApiClient, alice: User) -> None:
+    registered = await api.post("/api/auth/register", json={**REGISTRATION, "timeZone": "Asia/Kolkata"})
+    assert registered.status == 201 and registered.json["user"]["time_zone"] == "Asia/Kolkata"
+    changed = await api.patch("/api/auth/me", token=alice.token, json={"timeZone": "Europe/Berlin"})
+    assert changed.status == 200 and changed.json["time_zone"] == "Europe/Berlin"
 
 
 @pytest.mark.parametrize(
@@ -37,6 +44,7 @@ async def test_a_task_may_be_written_in_camel_case_and_is_answered_in_snake_case
     [
         ("tasks", {"title": "t", "due_date": "2026-03-01", "dueDate": "2026-03-01"}, "dueDate"),
         ("tasks", {"title": "t", "remindAt": None, "remind_at": None}, "remindAt"),
+        ("me", {"time_zone": "UTC", "timeZone": "UTC"}, "timeZone"),
     ],
 )
 async def test_one_field_in_both_spellings_is_a_400(

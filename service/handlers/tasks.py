@@ -26,8 +26,8 @@ from service.schemas import (
 
 log = logging.getLogger(__name__)
 _UPDATABLE = (
-    "title", "description", "completed", "priority", "tags", "due_date", "remind_at",
-    "recurrence_every", "recurrence_interval",
+    "title", "description", "completed", "priority", "tags", "due_date", "due_local", "due_on",
+    "remind_at", "remind_local", "recurrence_every", "recurrence_interval",
 )  # fmt: skip
 
 
