@@ -5,12 +5,12 @@ import asyncio
 from aiohttp import web
 
 from service.auth import auth_middleware, dummy_password_hash
-from service.cors import cors_middleware
+from service.cors import add_cors_headers, cors_middleware
 from service.db import pg_pool
 from service.errors import error_middleware
 from service.keys import LOGIN_LIMITER, PG_GATE, SETTINGS, WRITE_LIMITER
 from service.limits import RateLimiter, rate_limit_middleware
-from service.logs import AccessLogger, request_id_middleware
+from service.logs import AccessLogger, add_request_id, request_id_middleware
 from service.metrics import metrics_middleware, pool_metrics
 from service.routes import setup_routes
 from service.settings import Settings
@@ -40,6 +40,9 @@ def create_app(settings: Settings) -> web.Application:
     app[PG_GATE] = asyncio.Semaphore(settings.db_pool_max_size)
     app[WRITE_LIMITER] = RateLimiter(settings.rate_limit_writes)
     app[LOGIN_LIMITER] = RateLimiter(settings.rate_limit_logins)
+    # Headers every answer carries, streamed ones included, added as it is sent.
+    app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(pool_metrics)
     app.cleanup_ctx.append(dummy_password_hash)

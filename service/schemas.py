@@ -322,7 +322,7 @@ class TaskListQuery(Schema):
     overdue = fields.Boolean(truthy={"true"}, falsy={"false"})
     sort = fields.String(load_default="created", validate=validate.OneOf(list(DEFAULT_ORDER)))
     order = fields.String(validate=validate.OneOf(["asc", "desc"]))
-    limit = fields.Integer(load_default=100, validate=in_range(1, 200))
+    limit = fields.Integer(validate=in_range(1, 200))  # without it (and a cursor), every task
     cursor = fields.String(validate=Length(max=1024))
 
     # Parameters that may be given more than once (?tag=a&tag=b); the rest at most once.

@@ -39,6 +39,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     rate_limit_writes: int = 600
     rate_limit_logins: int = 10
+    stream_write_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -76,6 +77,7 @@ class Settings:
             cors_origins=reader.origins("CORS_ORIGINS"),
             rate_limit_writes=reader.integer("RATE_LIMIT_WRITES", cls.rate_limit_writes, minimum=0),
             rate_limit_logins=reader.integer("RATE_LIMIT_LOGINS", cls.rate_limit_logins, minimum=0),
+            stream_write_timeout=reader.number("STREAM_WRITE_TIMEOUT", cls.stream_write_timeout),
         )
 
     @property
