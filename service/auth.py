@@ -21,7 +21,9 @@ MAX_TOKEN_LENGTH = 4096
 BIGINT_MAX = 2**63 - 1
 # Routes anyone may call, by route name (never by path prefix, so no look-alike path slips in).
 # /metrics has a token of its own (METRICS_TOKEN).
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics", "register", "login"})
+PUBLIC_ROUTES = frozenset(
+    {"healthz", "readyz", "metrics", "register", "login", "root", "openapi", "docs", "docs_asset"}
+)
 
 _SUBJECT = re.compile(r"[1-9][0-9]{0,18}")
 _hasher = argon2.PasswordHasher()  # argon2id with the RFC 9106 low-memory parameters

@@ -1,16 +1,23 @@
 """The route table: every URL the service answers, each with a name used to build links."""
 
+import re
+
 from aiohttp import web
 
 from service import metrics
-from service.handlers import auth, health, tasks
+from service.handlers import auth, docs, health, tasks
 
 USER_TASKS = "/api/{user_id:[0-9]+}/tasks"
 USER_TASK = USER_TASKS + "/{task_id:[0-9]+}"
+DOCS_ASSET = "/docs/{asset:" + "|".join(map(re.escape, docs.ASSET_TYPES)) + "}"
 
 
 def setup_routes(app: web.Application) -> None:
     router = app.router
+    router.add_get("/", docs.root, name="root", allow_head=False)
+    router.add_get("/openapi.yaml", docs.openapi, name="openapi", allow_head=False)
+    router.add_get("/docs", docs.docs, name="docs", allow_head=False)
+    router.add_get(DOCS_ASSET, docs.docs_asset, name="docs_asset", allow_head=False)
     router.add_get("/healthz", health.healthz, name="healthz", allow_head=False)
     router.add_get("/readyz", health.readyz, name="readyz", allow_head=False)
     router.add_get("/metrics", metrics.metrics, name="metrics", allow_head=False)

@@ -163,7 +163,7 @@ def no_cross_user_read(ctx: CheckContext, response: Response, case: Case) -> Non
     """A successful answer holds only alice's tasks, and nothing of bob's anywhere."""
     if not 200 <= response.status_code < 300 or not response.content:
         return
-    leaked = [title for title in BOB_TITLES if title in response.text]
+    leaked = [title for title in BOB_TITLES if title.encode() in response.content]  # bytes: /docs has a PNG
     assert not leaked, f"bob's task titles in the answer: {leaked}"
     if "tasks" not in (case.operation.tags or []):
         return
