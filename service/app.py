@@ -7,7 +7,7 @@ from aiohttp import web
 from service.auth import PasswordHashing, auth_middleware, dummy_password_hash
 from service.changefeed import ChangeWaiters
 from service.connections import handler_args
-from service.cors import cors_middleware
+from service.cors import add_cors_headers, cors_middleware
 from service.db import PoolShares, pg_pool
 from service.errors import error_middleware
 from service.headers import answer_headers, header_bytes_middleware
@@ -28,7 +28,7 @@ from service.keys import (
 )
 from service.limits import RateLimiter, rate_limit_middleware
 from service.listener import Listener, listener
-from service.logs import request_id_middleware
+from service.logs import add_request_id, request_id_middleware
 from service.metrics import MetricsPage, metrics_middleware, pool_metrics
 from service.revocations import Revocations
 from service.routes import setup_routes
@@ -67,6 +67,9 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS_PAGE] = MetricsPage()
     app[CHANGE_WAITERS] = ChangeWaiters()
     app[CHANGE_WAITERS].subscribe(app[LISTENER])
+    # Headers every answer carries, streamed ones included, added as it is sent.
+    app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(listener)
     app.cleanup_ctx.append(chores)

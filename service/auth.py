@@ -22,7 +22,9 @@ MAX_TOKEN_LENGTH = 4096
 BIGINT_MAX = 2**63 - 1
 # Routes anyone may call, by route name (never by path prefix, so no look-alike path slips in).
 # /metrics has a token of its own (METRICS_TOKEN).
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics", "register", "login", "refresh"})
+PUBLIC_ROUTES = frozenset(
+    {"healthz", "readyz", "metrics", "register", "login", "refresh", "root", "openapi", "docs", "docs_asset"}
+)
 # Routes that use a bearer token when a valid one comes, and let the request through without
 # one: logout, which a client whose access token has expired does with its refresh token.
 OPTIONAL_TOKEN_ROUTES = frozenset({"logout"})

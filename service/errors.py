@@ -1,7 +1,7 @@
 """Every error the service answers, as an RFC 9457 application/problem+json document."""
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -69,6 +69,34 @@ _HTTP_DETAILS = {
 }
 
 
+MAX_DETAIL_SENTENCES = 10
+
+
+def validation_detail(errors: Mapping[Any, Any]) -> str:
+    """What is wrong with each failing field, in sentences a frontend can show as they are:
+    "password: must have at least 8 characters." (`errors` keeps the whole map)."""
+    sentences = list(dict.fromkeys(_sentences(errors, "")))  # once each, in order
+    if len(sentences) > MAX_DETAIL_SENTENCES:
+        more = len(sentences) - MAX_DETAIL_SENTENCES
+        sentences[MAX_DETAIL_SENTENCES:] = [f"And {more} more; see errors."]
+    return " ".join(sentences) or "The request is invalid."
+
+
+def _sentences(errors: Mapping[Any, Any], field: str) -> Iterator[str]:
+    for key, value in errors.items():
+        # "_schema" is about the object as a whole; a number is an item of a list field.
+        name = field if key == "_schema" or isinstance(key, int) else f"{field}.{key}".lstrip(".")
+        if isinstance(value, Mapping):
+            yield from _sentences(value, name)
+            continue
+        for message in value if isinstance(value, list) else [value]:
+            text = str(message)
+            if name:
+                # "Must have..." reads "password: must have..."; an initialism keeps its case.
+                text = f"{name}: {text[:1].lower() + text[1:] if text[1:2].islower() else text}"
+            yield text if text.endswith(".") else text + "."
+
+
 def _from_http_exception(request: web.Request, error: web.HTTPException) -> Problem:
     headers = {name: error.headers[name] for name in _KEPT_HEADERS if name in error.headers}
     template = _HTTP_DETAILS.get(error.status, HTTPStatus(error.status).description + ".")
@@ -85,9 +113,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return problem_response(request, problem)
     except ValidationError as error:
         errors = cast(dict[str, Any], error.normalized_messages())  # type: ignore[no-untyped-call]
-        fields = sorted(key for key in errors if key != "_schema")
-        detail = f"Invalid fields: {', '.join(fields)}." if fields else "The request is invalid."
-        return problem_response(request, Problem(400, detail, errors=errors))
+        return problem_response(request, Problem(400, validation_detail(errors), errors=errors))
     except web.HTTPException as error:
         if error.status < 400:
             raise

@@ -117,6 +117,18 @@ async def fetch_page(
     return rows[: listing.limit], (last["sort_key"], last["id"])
 
 
+async def open_every_task(conn: asyncpg.Connection, listing: Listing) -> asyncpg.cursor.Cursor:
+    """A server-side cursor over every task of the listing, in its order, with no LIMIT: its
+    rows all come from the one snapshot taken when it opens. Open it inside a transaction."""
+    values = {**listing.filters, "user_id": listing.user_id, "limit": None}  # LIMIT NULL: no limit
+    given = frozenset(values)
+    sql, names = page_statement(listing.sort, listing.order, given)
+    mode = plan_cache_mode(given)
+    if mode != "auto":
+        await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+    return await conn.cursor(sql, *(values[name] for name in names))
+
+
 def make_cursor(jwt_secret: str, listing: Listing, after: tuple[str, int]) -> str:
     """An opaque token for the page after `after`, valid only for this same listing. Encrypted,
     not only signed (service/cursors.py): the position is a task's sort key (a lower-cased

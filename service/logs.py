@@ -86,7 +86,7 @@ def configure_logging(level: int, log_format: str) -> None:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id (the client's, when it sent a sane one) and echo it back."""
+    """Give the request an id (the client's, when it sent a sane one); add_request_id echoes it."""
     request_id = request.headers.get(REQUEST_ID_HEADER, "")
     if not _CLIENT_REQUEST_ID.fullmatch(request_id):
         request_id = uuid.uuid4().hex
@@ -94,11 +94,17 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     request[ROUTE] = request.match_info.route.name or "unmatched"
     token = _request_id.set(request_id)
     try:
-        response = await handler(request)
+        return await handler(request)
     finally:
         _request_id.reset(token)
-    response.headers[REQUEST_ID_HEADER] = request_id
-    return response
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Echo the request id on every answer (an on_response_prepare signal, not the middleware:
+    a streamed answer sends its headers from inside the handler, before the middleware sees it)."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
 
 
 class AccessLogger(AbstractAccessLogger):

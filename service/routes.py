@@ -1,25 +1,33 @@
 """The route table: every URL the service answers, each with a name used to build links."""
 
+import re
+
 from aiohttp import web
 
 from service import metrics
-from service.handlers import auth, batch, changes, health, sessions, tasks, trash
+from service.handlers import auth, batch, changes, docs, health, sessions, tasks, trash
 
 USER_TASKS = "/api/{user_id:[0-9]+}/tasks"
 USER_TASK = USER_TASKS + "/{task_id:[0-9]+}"
 USER_TRASH = "/api/{user_id:[0-9]+}/trash"
 TRASHED_TASK = USER_TRASH + "/{task_id:[0-9]+}"
 SESSION = "/api/auth/sessions/{session_id:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
+DOCS_ASSET = "/docs/{asset:" + "|".join(map(re.escape, docs.ASSET_TYPES)) + "}"
 
 
 def setup_routes(app: web.Application) -> None:
     router = app.router
+    router.add_get("/", docs.root, name="root", allow_head=False)
+    router.add_get("/openapi.yaml", docs.openapi, name="openapi", allow_head=False)
+    router.add_get("/docs", docs.docs, name="docs", allow_head=False)
+    router.add_get(DOCS_ASSET, docs.docs_asset, name="docs_asset", allow_head=False)
     router.add_get("/healthz", health.healthz, name="healthz", allow_head=False)
     router.add_get("/readyz", health.readyz, name="readyz", allow_head=False)
     router.add_get("/metrics", metrics.metrics, name="metrics", allow_head=False)
     router.add_post("/api/auth/register", auth.register, name="register")
     router.add_post("/api/auth/login", auth.login, name="login")
     router.add_get("/api/auth/me", auth.me, name="me", allow_head=False)
+    router.add_patch("/api/auth/me", auth.update_me, name="update_me")
     router.add_put("/api/auth/password", auth.change_password, name="change_password")
     router.add_post("/api/auth/refresh", sessions.refresh, name="refresh")
     router.add_post("/api/auth/logout", sessions.logout, name="logout")

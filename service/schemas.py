@@ -1,19 +1,42 @@
 """Request and response bodies: marshmallow schemas, and reading and writing JSON with them."""
 
 import asyncio
-from collections.abc import Mapping
-from datetime import datetime
+import importlib.resources
+from collections.abc import Mapping, Sized
+from datetime import date, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from service.errors import Problem
 from service.keys import SETTINGS
 from service.listing import DEFAULT_ORDER
 
 JSON_CONTENT_TYPE = "application/json"
+
+
+class Length(validate.Length):
+    """A length check whose message names the bound that failed, in characters or items:
+    "Must have at least 8 characters.", where marshmallow says "Length must be between 8 and 256."."""
+
+    def __init__(self, min: int | None = None, max: int | None = None, *, unit: str = "characters") -> None:
+        super().__init__(min, max)
+        self.unit = unit
+
+    def __call__(self, value: Sized) -> Any:
+        if self.min is not None and len(value) < self.min:
+            raise ValidationError(
+                "Must not be empty." if self.min == 1 else f"Must have at least {self.min} {self.unit}."
+            )
+        if self.max is not None and len(value) > self.max:
+            raise ValidationError(f"Must have at most {self.max} {self.unit}.")
+        return value
+
+
+def in_range(low: int, high: int) -> validate.Range:
+    return validate.Range(min=low, max=high, error=f"Must be from {low} to {high}.")
 
 
 class Text(fields.String):
@@ -52,15 +75,58 @@ class DateTime(fields.AwareDateTime):
     never pushes it past them."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(format="iso", validate=_year_in_range, **kwargs)
+        invalid = "Must be a date-time with an offset, such as 2025-12-31T09:00:00Z."
+        messages: dict[str, Any] = {"invalid": invalid, "invalid_awareness": invalid}
+        super().__init__(format="iso", validate=_year_in_range, error_messages=messages, **kwargs)
 
 
-def _year_in_range(value: datetime) -> None:
+def _year_in_range(value: date) -> None:
     if not FIRST_YEAR <= value.year <= LAST_YEAR:
         raise ValidationError(f"The year must be from {FIRST_YEAR} to {LAST_YEAR}.")
 
 
 FIRST_YEAR, LAST_YEAR = 1900, 8999
+
+
+class WrittenDateTime(fields.Field[datetime | date]):
+    """A date-time as people and forms write it: with an offset (`2025-12-31T23:59:59+01:00`),
+    an instant, an aware datetime; without one (`2025-12-31T23:59:59`), a wall-clock time in
+    the user's zone, a naive datetime, which the SQL places in that zone. With `dates`, also a
+    plain date (`2025-12-31`), a date: an all-day task. ISO 8601 as Python reads it, as before;
+    the year as written from 1900 to 8999, as DateTime."""
+
+    def __init__(self, *, dates: bool = False, **kwargs: Any) -> None:
+        super().__init__(validate=_year_in_range, **kwargs)
+        self.dates = dates
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime | date:
+        if isinstance(value, str):
+            try:
+                day = date.fromisoformat(value)
+            except ValueError:
+                pass
+            else:
+                if not self.dates:
+                    raise ValidationError("Give a time with the date, such as 2025-12-31T09:00:00.")
+                return day
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                pass
+        example = "2025-12-31T09:00:00+01:00, or 2025-12-31T09:00:00 in your time zone"
+        if self.dates:
+            example += ", or 2025-12-31 for the whole day"
+        raise ValidationError(f"Must be a date-time such as {example}.")
+
+
+def instant_or_wall_clock(
+    value: datetime | date | None,
+) -> tuple[datetime | None, datetime | None, date | None]:
+    """A written date-time as the SQL takes it: (an instant, a wall-clock time in the user's
+    zone, an all-day date), at most one of them not None."""
+    if isinstance(value, datetime):
+        return (value, None, None) if value.tzinfo is not None else (None, value, None)
+    return None, None, value
 
 
 PRIORITIES = {"low": 0, "medium": 1, "high": 2}
@@ -116,44 +182,94 @@ WHITESPACE = (
 
 
 def not_blank(value: str) -> None:
-    if not value.strip(WHITESPACE):
+    if value and not value.strip(WHITESPACE):  # empty is the length check's to say
         raise ValidationError("Must not be blank.")
 
 
-class Recurrence(Schema):
+def lower_camel(name: str) -> str:
+    """A snake_case name in lowerCamelCase, as protocol buffers' JSON mapping spells a field:
+    due_date -> dueDate."""
+    first, *rest = name.split("_")
+    return first + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+class RequestBody(Schema):
+    """A JSON request body. Every schema of one derives from this, which is the one place that
+    lets each field also be spelled in lowerCamelCase (`dueDate` for `due_date`): giving both
+    spellings of one field is an error, a field unknown in both is one as ever, errors name each
+    field as the client spelled it, and answers stay snake_case."""
+
+    error_messages = {  # noqa: RUF012 - marshmallow reads it from the class
+        "unknown": "Not a field of this request.",
+        "type": "Must be a JSON object.",
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # camelCase spelling -> field name, for the fields whose spellings differ
+        self.snake_names = {lower_camel(name): name for name in self.load_fields if lower_camel(name) != name}
+
+    @pre_load
+    def accept_camel_case(self, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(data, Mapping) or not self.snake_names:
+            return data  # not an object: the type check that follows refuses it
+        renamed = {}
+        for key, value in data.items():
+            name = self.snake_names.get(key, key)
+            if name != key and name in data:
+                raise ValidationError({key: [f"Also given as {name}; give one of the two."]})
+            renamed[name] = value
+        return renamed
+
+    def handle_error(self, error: ValidationError, data: Any, *, many: bool, **kwargs: Any) -> None:
+        """Name each failing field as the client spelled it."""
+        if not isinstance(data, Mapping) or not isinstance(error.messages, dict):
+            return
+        spelled = {name: key for key, name in self.snake_names.items() if key in data}
+        if spelled.keys() & error.messages.keys():
+            messages = {spelled.get(name, name): value for name, value in error.messages.items()}
+            raise ValidationError(messages, data=data, valid_data=error.valid_data)
+
+
+class Recurrence(RequestBody):
     every = fields.String(required=True, validate=validate.OneOf(["day", "week", "month", "year"]))
-    interval = StrictInteger(load_default=1, validate=validate.Range(min=1, max=365))
+    interval = StrictInteger(load_default=1, validate=in_range(1, 365))
 
 
-class TaskFields(Schema):
-    """The fields a client may write; `recurrence` becomes the two columns that store it."""
+class TaskFields(RequestBody):
+    """The fields a client may write; `recurrence` becomes the two columns that store it, and
+    `due_date` and `remind_at` the forms the SQL takes (instant_or_wall_clock)."""
 
-    title = Text(validate=[validate.Length(min=1, max=255), not_blank])
-    description = Text(allow_none=True, validate=validate.Length(max=1000))
+    title = Text(validate=[Length(min=1, max=255), not_blank])
+    description = Text(allow_none=True, validate=Length(max=1000))
     completed = StrictBoolean()
     priority = Priority()
     tags = Tags()
-    due_date = DateTime(allow_none=True)
-    remind_at = DateTime(allow_none=True)
+    due_date = WrittenDateTime(dates=True, allow_none=True)
+    remind_at = WrittenDateTime(allow_none=True)
     recurrence = fields.Nested(Recurrence, allow_none=True)
 
     @post_load
-    def store_recurrence(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def store_columns(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if "recurrence" in data:
             rule = data.pop("recurrence")
             data["recurrence_every"] = rule["every"] if rule else None
             data["recurrence_interval"] = rule["interval"] if rule else None
+        if "due_date" in data:
+            data["due_date"], data["due_local"], data["due_on"] = instant_or_wall_clock(data["due_date"])
+        if "remind_at" in data:
+            data["remind_at"], data["remind_local"], _ = instant_or_wall_clock(data["remind_at"])
         return data
 
 
 class TaskCreate(TaskFields):
-    title = Text(required=True, validate=[validate.Length(min=1, max=255), not_blank])
-    description = Text(allow_none=True, load_default=None, validate=validate.Length(max=1000))
+    title = Text(required=True, validate=[Length(min=1, max=255), not_blank])
+    description = Text(allow_none=True, load_default=None, validate=Length(max=1000))
     completed = StrictBoolean(load_default=False)
     priority = Priority(load_default=PRIORITIES["medium"])
     tags = Tags(load_default=list)
-    due_date = DateTime(allow_none=True, load_default=None)
-    remind_at = DateTime(allow_none=True, load_default=None)
+    due_date = WrittenDateTime(dates=True, allow_none=True, load_default=None)
+    remind_at = WrittenDateTime(allow_none=True, load_default=None)
     recurrence = fields.Nested(Recurrence, allow_none=True, load_default=None)
 
 
@@ -164,14 +280,14 @@ class TaskUpdate(TaskFields):
             raise ValidationError("Give at least one field to change.")
 
 
-class TaskComplete(Schema):
+class TaskComplete(RequestBody):
     completed = StrictBoolean()
 
 
 def task_document(row: Mapping[str, Any]) -> dict[str, Any]:
     """A task row as clients see it. A plain function, not a schema: marshmallow takes 2.8 ms
     for a page of 100 tasks (the OpenAPI tests pin the shape), and the timestamps are left to
-    orjson, which writes them in C (json_response)."""
+    orjson, which writes them in C (json_response). An all-day task's due date is its date."""
     every = row["recurrence_every"]
     return {
         "id": row["id"],
@@ -181,7 +297,7 @@ def task_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "completed": row["completed"],
         "priority": _PRIORITY_NAMES[row["priority"]],
         "tags": row["tags"],
-        "due_date": row["due_date"],
+        "due_date": row["due_on"] or row["due_date"],
         "remind_at": row["remind_at"],
         "recurrence": {"every": every, "interval": row["recurrence_interval"]} if every else None,
         "completed_at": row["completed_at"],
@@ -192,29 +308,34 @@ def task_document(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class TaskListQuery(Schema):
-    """The query string of GET /api/{user_id}/tasks."""
+    """The query string of GET /api/{user_id}/tasks. Its names stay snake_case only: they are
+    the spec's, and the lowerCamelCase spellings are the JSON mapping's, for bodies."""
+
+    error_messages = {"unknown": "Not a parameter of this request."}  # noqa: RUF012 - as above
 
     status = fields.String(load_default="all", validate=validate.OneOf(["all", "pending", "completed"]))
-    priority = fields.List(Priority(), validate=validate.Length(max=3))
-    tag = fields.List(fields.Function(deserialize=normalise_tag), validate=validate.Length(max=MAX_TAGS))
-    q = Text(validate=validate.Length(min=1, max=200))
+    priority = fields.List(Priority(), validate=Length(max=3, unit="values"))
+    tag = fields.List(
+        fields.Function(deserialize=normalise_tag), validate=Length(max=MAX_TAGS, unit="values")
+    )
+    q = Text(validate=Length(min=1, max=200))
     due_before = DateTime()
     due_after = DateTime()
     overdue = fields.Boolean(truthy={"true"}, falsy={"false"})
     sort = fields.String(load_default="created", validate=validate.OneOf(list(DEFAULT_ORDER)))
     order = fields.String(validate=validate.OneOf(["asc", "desc"]))
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Length(max=1024))
+    limit = fields.Integer(validate=in_range(1, 200))  # without it (and a cursor), every task
+    cursor = fields.String(validate=Length(max=1024))
 
     # Parameters that may be given more than once (?tag=a&tag=b); the rest at most once.
     REPEATABLE = frozenset({"priority", "tag"})
 
 
-class Batch(Schema):
+class Batch(RequestBody):
     operations = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, max=100))
 
 
-class _Operation(Schema):
+class _Operation(RequestBody):
     op = fields.String(required=True)
     if_match = Text(validate=validate.Length(min=1, max=1024))
 
@@ -258,29 +379,56 @@ class TrashQuery(Schema):
     REPEATABLE: frozenset[str] = frozenset()
 
 
-class Register(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=254))
-    password = Text(required=True, validate=validate.Length(min=8, max=256))
-    name = Text(required=True, validate=[validate.Length(min=1, max=100), not_blank])
+# The IANA zone names, as the tzdata package lists them: the list zoneinfo itself reads, and the
+# same on every host (the host's own zoneinfo folder may add names such as `localtime`).
+TIME_ZONES = frozenset(importlib.resources.files("tzdata").joinpath("zones").read_text().split())
 
 
-class Login(Schema):
-    email = Text(required=True, validate=validate.Length(min=1, max=254))
-    password = Text(required=True, validate=validate.Length(min=1, max=256))
+def known_time_zone(name: str) -> None:
+    if name not in TIME_ZONES:
+        raise ValidationError("Not a time zone; give an IANA name such as Europe/Berlin or UTC.")
 
 
-class Refresh(Schema):
+class Register(RequestBody):
+    email = fields.Email(required=True, validate=Length(max=254))
+    password = Text(required=True, validate=Length(min=8, max=256))
+    name = Text(required=True, validate=[Length(min=1, max=100), not_blank])
+    time_zone = Text(load_default="UTC", validate=known_time_zone)
+
+
+class Login(RequestBody):
+    email = Text(required=True, validate=Length(min=1, max=254))
+    password = Text(required=True, validate=Length(min=1, max=256))
+
+
+class AccountUpdate(RequestBody):
+    name = Text(validate=[Length(min=1, max=100), not_blank])
+    time_zone = Text(validate=known_time_zone)
+
+    @validates_schema
+    def has_a_field(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Give at least one field to change.")
+
+
+class Refresh(RequestBody):
     refresh_token = Text(required=True, validate=validate.Length(min=1, max=200))
 
 
-class PasswordChange(Schema):
+class PasswordChange(RequestBody):
     current_password = Text(required=True, validate=validate.Length(min=1, max=256))
     new_password = Text(required=True, validate=validate.Length(min=8, max=256))
 
 
 def user_document(row: Mapping[str, Any]) -> dict[str, Any]:
     """An account as clients see it: never its password hash."""
-    return {"id": row["id"], "email": row["email"], "name": row["name"], "created_at": row["created_at"]}
+    return {
+        "id": row["id"],
+        "email": row["email"],
+        "name": row["name"],
+        "time_zone": row["time_zone"],
+        "created_at": row["created_at"],
+    }
 
 
 TASK_LIST_QUERY = TaskListQuery()
@@ -301,6 +449,7 @@ REGISTER = Register()
 LOGIN = Login()
 REFRESH = Refresh()
 PASSWORD_CHANGE = PasswordChange()
+ACCOUNT_UPDATE = AccountUpdate()
 
 
 def _is_json(content_type: str) -> bool:
@@ -309,7 +458,7 @@ def _is_json(content_type: str) -> bool:
     )
 
 
-async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
+async def load_body(request: web.Request, schema: RequestBody) -> dict[str, Any]:
     """The request's JSON object, validated by `schema`; a 4xx problem when it is not one."""
     if not _is_json(request.content_type):
         raise Problem(415, f"The request body must be {JSON_CONTENT_TYPE}.")

@@ -61,6 +61,7 @@ class Settings:
     http_body_timeout: float = 30.0
     http_keepalive_timeout: float = 75.0
     max_connections: int = 1000
+    stream_write_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -146,6 +147,7 @@ class Settings:
             http_body_timeout=reader.number("HTTP_BODY_TIMEOUT", cls.http_body_timeout),
             http_keepalive_timeout=reader.number("HTTP_KEEPALIVE_TIMEOUT", cls.http_keepalive_timeout),
             max_connections=reader.integer("MAX_CONNECTIONS", cls.max_connections, minimum=1),
+            stream_write_timeout=reader.number("STREAM_WRITE_TIMEOUT", cls.stream_write_timeout),
         )
 
     @property

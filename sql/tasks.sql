@@ -11,17 +11,31 @@
 -- One of the user's tasks.
 SELECT * FROM tasks WHERE user_id = :user_id AND id = :task_id;
 
--- name: create_task(user_id, max_tasks, title, description, completed, priority, tags, due_date, remind_at, recurrence_every, recurrence_interval)^
+-- name: create_task(user_id, max_tasks, title, description, completed, priority, tags, due_date, due_local, due_on, remind_at, remind_local, recurrence_every, recurrence_interval)^
 -- Add a task for the user, unless they already keep max_tasks (live or in the trash): then no
--- row. The counter's row lock makes concurrent creates of one user count one after another.
+-- row. The counter's row lock makes concurrent creates of one user count one after another. A
+-- due date comes as an instant (due_date), a wall-clock time in the user's zone (due_local) or
+-- the date of an all-day task (due_on), at most one of them; a reminder as an instant
+-- (remind_at) or a wall-clock time (remind_local).
 WITH room AS (
     SELECT coalesce((SELECT tasks FROM task_counters WHERE user_id = :user_id FOR UPDATE), 0) < :max_tasks AS ok
+), zone AS (
+    -- Read only for a wall-clock time or a date, and FOR SHARE: a zone change waits for this
+    -- write to commit (or it for the change), so no all-day task keeps the old zone's instant.
+    SELECT time_zone FROM users WHERE id = :user_id FOR SHARE
 ), created AS (
-    INSERT INTO tasks (user_id, title, description, completed, completed_at, priority, tags, due_date,
+    INSERT INTO tasks (user_id, title, description, completed, completed_at, priority, tags, due_date, due_on,
                        remind_at, recurrence_every, recurrence_interval)
     SELECT :user_id, :title, :description, :completed,
            CASE WHEN :completed THEN statement_timestamp() END,
-           :priority, :tags, :due_date, :remind_at, :recurrence_every, :recurrence_interval
+           :priority, :tags,
+           CASE WHEN :due_local::timestamp IS NOT NULL THEN :due_local AT TIME ZONE (SELECT time_zone FROM zone)
+                WHEN :due_on::date IS NOT NULL THEN all_day_due(:due_on, (SELECT time_zone FROM zone))
+                ELSE :due_date END,
+           :due_on,
+           CASE WHEN :remind_local::timestamp IS NOT NULL THEN :remind_local AT TIME ZONE (SELECT time_zone FROM zone)
+                ELSE :remind_at END,
+           :recurrence_every, :recurrence_interval
     FROM room
     WHERE room.ok
     RETURNING *
@@ -29,10 +43,13 @@ WITH room AS (
 SELECT created.*, record_task_change(created.user_id, created.id, 'created', to_jsonb(created)) AS change
 FROM created;
 
--- name: update_task(user_id, task_id, if_match, title, set_description, description, completed, priority, tags, set_due_date, due_date, set_remind_at, remind_at, set_recurrence, recurrence_every, recurrence_interval)^
+-- name: update_task(user_id, task_id, if_match, title, set_description, description, completed, priority, tags, set_due_date, due_date, due_local, due_on, set_remind_at, remind_at, remind_local, set_recurrence, recurrence_every, recurrence_interval)^
 -- Change the given fields of one of the user's tasks: a null title, completed, priority or
--- tags keeps the old value; a nullable field changes only when its set_ flag is true.
-WITH updated AS (
+-- tags keeps the old value; a nullable field changes only when its set_ flag is true. Due dates
+-- and reminders come as in create_task.
+WITH zone AS (
+    SELECT time_zone FROM users WHERE id = :user_id FOR SHARE  -- as in create_task
+), updated AS (
 UPDATE tasks
 SET title               = coalesce(:title, title),
     description         = CASE WHEN :set_description THEN :description ELSE description END,
@@ -42,8 +59,16 @@ SET title               = coalesce(:title, title),
                                ELSE statement_timestamp() END,
     priority            = coalesce(:priority, priority),
     tags                = coalesce(:tags, tags),
-    due_date            = CASE WHEN :set_due_date THEN :due_date ELSE due_date END,
-    remind_at           = CASE WHEN :set_remind_at THEN :remind_at ELSE remind_at END,
+    due_date            = CASE WHEN NOT :set_due_date THEN due_date
+                               WHEN :due_local::timestamp IS NOT NULL
+                                   THEN :due_local AT TIME ZONE (SELECT time_zone FROM zone)
+                               WHEN :due_on::date IS NOT NULL THEN all_day_due(:due_on, (SELECT time_zone FROM zone))
+                               ELSE :due_date END,
+    due_on              = CASE WHEN :set_due_date THEN :due_on ELSE due_on END,
+    remind_at           = CASE WHEN NOT :set_remind_at THEN remind_at
+                               WHEN :remind_local::timestamp IS NOT NULL
+                                   THEN :remind_local AT TIME ZONE (SELECT time_zone FROM zone)
+                               ELSE :remind_at END,
     recurrence_every    = CASE WHEN :set_recurrence THEN :recurrence_every ELSE recurrence_every END,
     recurrence_interval = CASE WHEN :set_recurrence THEN :recurrence_interval ELSE recurrence_interval END,
     updated_at          = greatest(statement_timestamp(), updated_at + interval '1 microsecond')
@@ -76,30 +101,38 @@ FROM updated;
 -- Create the next occurrence of a completed repeating task and link it as next_task_id; the
 -- change that completed it (its position in change) is rewritten to show the link, so one
 -- completion stays one change, and the occurrence is recorded as created. When the user keeps
--- max_tasks already, nothing is created and the row says quota_full. Its due
--- date (now, if it had none) and reminder move on by the rule, in UTC; month ends clamp, so
--- Jan 31 + 1 month is Feb 28, or Feb 29 in a leap year. A series ends (no row) rather than run
--- past the year 9000, which keeps every date far from the end of what can be stored.
+-- max_tasks already, nothing is created and the row says quota_full. Its due date (now, if it
+-- had none) and reminder move on by the rule as wall-clock times in the user's zone, so a task
+-- due at 09:00 there stays due at 09:00 across DST changes (converted back as any wall-clock
+-- time is: one the change skips moves forward by the gap, one it repeats is the later); an
+-- all-day task moves by its date. Month ends clamp, so Jan 31 + 1 month is Feb 28, or Feb 29
+-- in a leap year. A series ends (no row) rather than run past the year 9000, which keeps every
+-- date far from the end of what can be stored.
 WITH room AS (
     SELECT coalesce((SELECT tasks FROM task_counters WHERE user_id = :user_id FOR UPDATE) >= :max_tasks, false) AS quota_full
 ), done AS (
-    SELECT tasks.*,
+    SELECT tasks.*, zone.time_zone,
            CASE recurrence_every
                WHEN 'day' THEN make_interval(days => recurrence_interval)
                WHEN 'week' THEN make_interval(weeks => recurrence_interval)
                WHEN 'month' THEN make_interval(months => recurrence_interval)
                WHEN 'year' THEN make_interval(years => recurrence_interval)
            END AS step
-    FROM tasks
-    WHERE user_id = :user_id AND id = :task_id AND NOT (SELECT quota_full FROM room)
+    FROM tasks,
+         -- FOR SHARE as in create_task: the next all-day task gets the zone that is current.
+         LATERAL (SELECT time_zone FROM users WHERE id = :user_id FOR SHARE) AS zone
+    WHERE tasks.user_id = :user_id AND tasks.id = :task_id AND NOT (SELECT quota_full FROM room)
 ), next AS (
-    INSERT INTO tasks (user_id, title, description, priority, tags, due_date, remind_at,
+    INSERT INTO tasks (user_id, title, description, priority, tags, due_date, due_on, remind_at,
                        recurrence_every, recurrence_interval)
-    SELECT user_id, title, description, priority, tags, next_due, next_remind,
+    SELECT user_id, title, description, priority, tags, next_due, next_on, next_remind,
            recurrence_every, recurrence_interval
     FROM done,
-         LATERAL (SELECT (coalesce(due_date, statement_timestamp()) AT TIME ZONE 'UTC' + step) AT TIME ZONE 'UTC',
-                         (remind_at AT TIME ZONE 'UTC' + step) AT TIME ZONE 'UTC') AS moved (next_due, next_remind)
+         LATERAL (SELECT (due_on + step)::date) AS day (next_on),
+         LATERAL (SELECT coalesce(all_day_due(next_on, time_zone),
+                                  (coalesce(due_date, statement_timestamp()) AT TIME ZONE time_zone + step)
+                                      AT TIME ZONE time_zone),
+                         (remind_at AT TIME ZONE time_zone + step) AT TIME ZONE time_zone) AS moved (next_due, next_remind)
     WHERE next_due < '9000-01-01T00:00:00Z' AND coalesce(next_remind < '9000-01-01T00:00:00Z', true)
     RETURNING *
 ), linked AS (
@@ -118,6 +151,19 @@ SELECT linked.*, false AS quota_full, record_task_change(next.user_id, next.id, 
 FROM linked, next
 UNION ALL
 SELECT (NULL::tasks).*, true, NULL FROM room WHERE quota_full;
+
+-- name: set_all_day_due_dates(user_id)!
+-- After a change of the user's zone (update_user, in the same transaction): every all-day task
+-- keeps its date, and so is due at the end of that day in the new zone. What clients see of a
+-- task does not change, so neither does updated_at; but the order and the due filters of the
+-- user's lists may, so each is recorded as a change, which moves the lists' ETag on.
+WITH moved AS (
+    UPDATE tasks
+    SET due_date = all_day_due(due_on, (SELECT time_zone FROM users WHERE id = :user_id))
+    WHERE user_id = :user_id AND due_on IS NOT NULL
+    RETURNING *
+)
+SELECT count(record_task_change(moved.user_id, moved.id, 'updated', to_jsonb(moved))) FROM moved;
 
 -- name: delete_task(user_id, task_id, if_match)$
 -- Move one of the user's tasks to the trash (sql/trash.sql), as it was; returns its id, or null

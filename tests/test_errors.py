@@ -232,3 +232,56 @@ async def test_answers_to_authenticated_requests_are_not_stored(api: ApiClient, 
     ]:
         assert answer.headers["Cache-Control"] == "no-store", answer
     assert "Cache-Control" not in (await api.get("/healthz")).headers
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "detail"),
+    [
+        (
+            "/api/auth/register",
+            {"email": "a@example.com", "password": "short", "name": "Ada"},
+            "password: must have at least 8 characters.",
+        ),
+        (
+            "/api/auth/register",
+            {"email": "nope", "password": "long enough", "name": ""},
+            "email: not a valid email address. name: must not be empty.",
+        ),
+        ("tasks", {"title": "x" * 256}, "title: must have at most 255 characters."),
+        ("tasks", {"title": "t", "colour": "red"}, "colour: not a field of this request."),
+        ("tasks", {}, "title: missing data for required field."),
+        (
+            "tasks",
+            {"title": "t", "recurrence": {"every": "day", "interval": 0}},
+            "recurrence.interval: must be from 1 to 365.",
+        ),
+        ("tasks", {"title": "t", "recurrence": "daily"}, "recurrence: must be a JSON object."),
+        ("tasks", {"title": "t", "priority": "urgent"}, "priority: must be one of: low, medium, high."),
+        ("tasks", {"title": "t", "tags": ["a"] * 21}, "tags: at most 20 tags."),
+    ],
+)
+async def test_detail_says_what_is_wrong_with_each_field(
+    api: ApiClient, alice: User, path: str, body: dict, detail: str
+) -> None:
+    answer = await api.post(alice.tasks if path == "tasks" else path, token=alice.token, json=body)
+    assert answer.status == 400
+    assert answer.json["detail"] == detail
+    assert answer.json["errors"]
+
+
+async def test_detail_covers_query_parameters_and_whole_bodies(api: ApiClient, alice: User) -> None:
+    bad_query = await api.get(f"{alice.tasks}?limit=0&colour=red", token=alice.token)
+    assert (
+        bad_query.json["detail"] == "limit: must be from 1 to 200. colour: not a parameter of this request."
+    )
+    task = (await api.post(alice.tasks, token=alice.token, json={"title": "t"})).json
+    empty = await api.put(f"{alice.tasks}/{task['id']}", token=alice.token, json={})
+    assert empty.json["detail"] == "Give at least one field to change."
+
+
+async def test_a_long_detail_stops_after_ten_fields(api: ApiClient, alice: User) -> None:
+    body = {"title": "t", **{f"unknown{n}": n for n in range(15)}}
+    answer = await api.post(alice.tasks, token=alice.token, json=body)
+    assert len(answer.json["errors"]) == 15
+    assert answer.json["detail"].count("not a field of this request") == 10
+    assert answer.json["detail"].endswith("And 5 more; see errors.")

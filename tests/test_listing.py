@@ -64,14 +64,27 @@ async def test_pages_cover_every_task_once_in_order(
     assert ids == sorted(ids, reverse=True) and len(set(ids)) == 250
 
 
-async def test_the_default_page_is_100_and_the_last_has_no_link(api: ApiClient, alice: User, db) -> None:
+async def test_without_limit_every_task_comes_and_no_link(api: ApiClient, alice: User, db) -> None:
     await seed(db, alice, 101)
-    first = await api.get(alice.tasks, token=alice.token)
+    answer = await api.get(alice.tasks, token=alice.token)
+    assert len(answer.json) == 101 and "Link" not in answer.headers
+
+
+async def test_pages_have_a_link_and_the_last_has_none(api: ApiClient, alice: User, db) -> None:
+    await seed(db, alice, 101)
+    first = await api.get(f"{alice.tasks}?limit=100", token=alice.token)
     assert len(first.json) == 100
     link = first.headers["Link"]
     assert link.startswith(f"<{alice.tasks}?") and link.endswith('>; rel="next"')
     last = await api.get(next_url(first), token=alice.token)
     assert len(last.json) == 1 and "Link" not in last.headers
+
+
+async def test_a_cursor_without_a_limit_pages_by_100(api: ApiClient, alice: User, db) -> None:
+    await seed(db, alice, 250)
+    cursor = await first_cursor(api, alice, "limit=50")
+    answer = await api.get(f"{alice.tasks}?cursor={cursor}", token=alice.token)
+    assert len(answer.json) == 100 and "Link" in answer.headers
 
 
 async def test_exactly_a_full_page_has_no_next_link(api: ApiClient, alice: User, db) -> None:

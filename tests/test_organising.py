@@ -55,9 +55,10 @@ async def test_tags_are_trimmed_unique_regardless_of_case_and_sorted(api: ApiCli
         ({"tags": [f"t{n}" for n in range(21)]}, "tags"),
         ({"tags": [1]}, "tags"),
         ({"tags": ["a\x00b"]}, "tags"),
-        ({"due_date": "2026-03-01T09:30:00"}, "due_date"),  # no offset: which 09:30?
-        ({"due_date": "2026-03-01"}, "due_date"),
+        ({"due_date": "2026-03-01T25:00:00"}, "due_date"),
+        ({"due_date": "2026-02-30"}, "due_date"),
         ({"due_date": "tomorrow"}, "due_date"),
+        ({"remind_at": "2026-03-01"}, "remind_at"),  # a reminder needs a time
         ({"due_date": 1767225600}, "due_date"),
         ({"remind_at": "2026-13-01T00:00:00Z"}, "remind_at"),
         ({"recurrence": {"every": "fortnight"}}, "recurrence"),

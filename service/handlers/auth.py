@@ -1,6 +1,8 @@
-"""Account routes: register, log in, who am I, and change the password."""
+"""Account routes: register, log in, who am I, change my name or time zone, change the password."""
 
+import asyncpg
 from aiohttp import web
+from marshmallow import ValidationError
 
 from service.auth import check_password, hash_password, needs_rehash, unauthorized
 from service.db import connection, queries
@@ -8,7 +10,15 @@ from service.errors import Problem
 from service.handlers.sessions import open_session, revoke_other_sessions
 from service.keys import DUMMY_PASSWORD_HASH, USER_ID
 from service.limits import check_password_failures, check_sign_in, client_address, count_password_failure
-from service.schemas import LOGIN, PASSWORD_CHANGE, REGISTER, json_response, load_body, user_document
+from service.schemas import (
+    ACCOUNT_UPDATE,
+    LOGIN,
+    PASSWORD_CHANGE,
+    REGISTER,
+    json_response,
+    load_body,
+    user_document,
+)
 
 
 async def register(request: web.Request) -> web.Response:
@@ -16,13 +26,20 @@ async def register(request: web.Request) -> web.Response:
     fields = await load_body(request, REGISTER)
     await check_sign_in(request)
     password_hash = await hash_password(request.app, fields["password"])
-    async with connection(request) as conn, conn.transaction():
-        user = await queries.create_user(
-            conn, email=fields["email"], name=fields["name"], password_hash=password_hash
-        )
-        if user is None:
-            raise Problem(409, "An account with this email already exists.")
-        return await open_session(request, conn, user, status=201)
+    try:
+        async with connection(request) as conn, conn.transaction():
+            user = await queries.create_user(
+                conn,
+                email=fields["email"],
+                name=fields["name"],
+                password_hash=password_hash,
+                time_zone=fields["time_zone"],
+            )
+            if user is None:
+                raise Problem(409, "An account with this email already exists.")
+            return await open_session(request, conn, user, status=201)
+    except asyncpg.InvalidParameterValueError:
+        raise _zone_unknown_to_the_database() from None
 
 
 async def login(request: web.Request) -> web.Response:
@@ -53,6 +70,30 @@ async def me(request: web.Request) -> web.Response:
     if user is None:
         raise unauthorized("The token's user no longer exists.")
     return json_response(user_document(user))
+
+
+async def update_me(request: web.Request) -> web.Response:
+    """Change the caller's name or time zone; timed tasks stay put, all-day tasks keep their dates."""
+    fields = await load_body(request, ACCOUNT_UPDATE)
+    user_id = request[USER_ID]
+    try:
+        async with connection(request) as conn, conn.transaction():
+            user = await queries.update_user(
+                conn, user_id=user_id, name=fields.get("name"), time_zone=fields.get("time_zone")
+            )
+            if user is None:
+                raise unauthorized("The token's user no longer exists.")
+            if "time_zone" in fields:
+                await queries.set_all_day_due_dates(conn, user_id=user_id)
+    except asyncpg.InvalidParameterValueError:
+        raise _zone_unknown_to_the_database() from None
+    return json_response(user_document(user))
+
+
+def _zone_unknown_to_the_database() -> ValidationError:
+    # The name is in the IANA list the service ships (tzdata), but PostgreSQL's own time zone
+    # data, which does the arithmetic, is older and lacks it (users_time_zone_known).
+    return ValidationError({"time_zone": ["Not a time zone the database knows yet; give another IANA name."]})
 
 
 async def change_password(request: web.Request) -> web.Response:

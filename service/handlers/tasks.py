@@ -1,6 +1,7 @@
 """Task routes: list, create, read, update, delete and complete the caller's own tasks; and the
 writes themselves, which batches share."""
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -8,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from aiohttp import web
 
 from service.auth import BIGINT_MAX, unauthorized
@@ -17,9 +19,11 @@ from service.db import connection, queries
 from service.errors import Problem
 from service.idempotency import once
 from service.keys import SETTINGS, USER_ID
-from service.listing import DEFAULT_ORDER, Listing, fetch_page, make_cursor, read_cursor
+from service.listing import DEFAULT_ORDER, Listing, fetch_page, make_cursor, open_every_task, read_cursor
+from service.metrics import DB_ERRORS
 from service.queries import Query
 from service.schemas import (
+    JSON_CONTENT_TYPE,
     TASK_COMPLETE,
     TASK_CREATE,
     TASK_LIST_QUERY,
@@ -31,9 +35,14 @@ from service.schemas import (
 )
 
 log = logging.getLogger(__name__)
+DEFAULT_PAGE_SIZE = 100  # with a cursor but no limit
+# An unpaged list is read from the database and written this many tasks at a time (about half a
+# megabyte of JSON); one that fits in a chunk is answered as a page is.
+STREAM_CHUNK = 1000
+STREAM_PIECE_BYTES = 64 * 1024  # what a client must take within STREAM_WRITE_TIMEOUT
 _UPDATABLE = (
-    "title", "description", "completed", "priority", "tags", "due_date", "remind_at",
-    "recurrence_every", "recurrence_interval",
+    "title", "description", "completed", "priority", "tags", "due_date", "due_local", "due_on",
+    "remind_at", "remind_local", "recurrence_every", "recurrence_interval",
 )  # fmt: skip
 
 
@@ -51,36 +60,98 @@ def _not_found(task_id: int | str) -> Problem:
     return Problem(404, f"Task {task_id} was not found.")
 
 
-async def list_tasks(request: web.Request) -> web.Response:
-    """One page of the caller's tasks, filtered and sorted; the next page's URL in `Link`; 304
-    when If-None-Match names the list's ETag, without reading the list."""
+async def list_tasks(request: web.Request) -> web.StreamResponse:
+    """The caller's tasks, filtered and sorted: every one, or with `limit` (or a `cursor`) one
+    page and the next page's URL in `Link`; 304 when If-None-Match names the list's ETag,
+    without reading the list."""
     query = load_query(request, TASK_LIST_QUERY)
     user_id = request[USER_ID]
+    paged = "limit" in query or "cursor" in query
     listing = Listing(
         user_id=user_id,
         sort=query["sort"],
         order=query.get("order", DEFAULT_ORDER[query["sort"]]),
-        limit=query["limit"],
+        limit=query.get("limit", DEFAULT_PAGE_SIZE) if paged else STREAM_CHUNK,
         filters=_filters(query),
     )
     secret = request.app[SETTINGS].jwt_secret
     after = read_cursor(secret, listing, query["cursor"]) if "cursor" in query else None
     # What `overdue` selects changes with the clock, not only with writes: no validator then.
     validated = "overdue" not in query
-    async with connection(request) as conn:
-        if validated and "If-None-Match" in request.headers:
+    if validated and "If-None-Match" in request.headers:
+        async with connection(request) as conn:
             etag = list_etag((await queries.change_head(conn, user_id=user_id))["head"])
-            if none_match(request, etag):
-                return not_modified(etag)
+        if none_match(request, etag):
+            return not_modified(etag)
+    if not paged:
+        return await _every_task(request, listing, validated)
+    async with connection(request) as conn:
         rows, next_after = await fetch_page(conn, listing, after)
-        if validated:
-            head = rows[0]["head"] if rows else (await queries.change_head(conn, user_id=user_id))["head"]
-    headers = {}
-    if validated:
-        headers["ETag"] = list_etag(head or 0)
+        headers = {"ETag": await _list_etag(conn, user_id, rows)} if validated else {}
     if next_after is not None:
         headers["Link"] = next_page_link(request, make_cursor(secret, listing, next_after))
     return json_response([task_document(row) for row in rows], headers=headers)
+
+
+async def _list_etag(conn: asyncpg.Connection, user_id: int, rows: list[asyncpg.Record]) -> str:
+    """The list's ETag, from the change position its rows were read with (an empty list asks)."""
+    head = rows[0]["head"] if rows else (await queries.change_head(conn, user_id=user_id))["head"]
+    return list_etag(head or 0)
+
+
+async def _every_task(request: web.Request, listing: Listing, validated: bool) -> web.StreamResponse:
+    """Every task of the listing, as the original contract answers. As many as fit in one chunk
+    are read as a page is, at a page's cost. More are streamed: a database cursor, in one
+    transaction and so one snapshot (no task missed or repeated however tasks change meanwhile,
+    as keyset pages over separate reads could), read and written a chunk at a time, so memory
+    stays flat. A client that takes more than STREAM_WRITE_TIMEOUT seconds over a piece of it is
+    cut off: it holds a pooled connection while it reads."""
+    response = None
+    try:
+        async with connection(request) as conn:
+            rows, more = await fetch_page(conn, listing, None)
+            if more is None:
+                headers = {"ETag": await _list_etag(conn, listing.user_id, rows)} if validated else {}
+                return json_response([task_document(row) for row in rows], headers=headers)
+            async with conn.transaction():
+                cursor = await open_every_task(conn, listing)
+                rows = await cursor.fetch(STREAM_CHUNK)
+                response = web.StreamResponse(headers={"Content-Type": JSON_CONTENT_TYPE})
+                if validated:  # the snapshot these rows come from, and so the whole answer
+                    response.headers["ETag"] = list_etag(rows[0]["head"] or 0)
+                await response.prepare(request)
+                separator = b"["
+                while rows:
+                    # One chunk as a JSON array, written without its brackets.
+                    chunk = orjson.dumps([task_document(row) for row in rows], option=orjson.OPT_UTC_Z)
+                    await _send(request, response, separator)
+                    await _send(request, response, memoryview(chunk)[1:-1])
+                    separator = b","
+                    rows = await cursor.fetch(STREAM_CHUNK)
+                await _send(request, response, b"[]" if separator == b"[" else b"]")
+        await response.write_eof()
+    except Exception as error:
+        if response is None or not response.prepared:
+            raise  # nothing sent yet: answered as any error is
+        # The status line is out, so the only honest signal left is an answer cut short: the
+        # client sees its chunked body end without the last chunk. It never sees a 200 with
+        # an incomplete array.
+        if not isinstance(error, ConnectionError):  # the client itself hung up
+            if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
+                DB_ERRORS.labels(type(error).__name__).inc()
+            log.warning("unpaged list cut short", extra={"reason": type(error).__name__})
+        if request.transport is not None:
+            request.transport.abort()
+    return response
+
+
+async def _send(request: web.Request, response: web.StreamResponse, data: bytes | memoryview) -> None:
+    """Write `data`, each piece within STREAM_WRITE_TIMEOUT: a client that stops reading holds
+    the connection (and the database connection) no longer than that."""
+    timeout = request.app[SETTINGS].stream_write_timeout
+    for start in range(0, len(data), STREAM_PIECE_BYTES):
+        async with asyncio.timeout(timeout):
+            await response.write(data[start : start + STREAM_PIECE_BYTES])
 
 
 def _filters(query: dict[str, Any]) -> dict[str, Any]:
