@@ -4,6 +4,7 @@ import io
 import logging
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
 import pytest
@@ -14,12 +15,12 @@ from service.logs import JsonFormatter, TextFormatter
 from tests.conftest import PASSWORD, TEST_SECRET, ApiClient, User
 
 
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """Everything logged during the test, as the service writes it: JSON lines."""
+@contextmanager
+def _captured(formatter: logging.Formatter) -> Iterator[io.StringIO]:
+    """Everything logged meanwhile, as the service writes it with `formatter`."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(handler)
@@ -29,6 +30,13 @@ def log_lines() -> Iterator[io.StringIO]:
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """Everything logged during the test, as the service writes it: JSON lines."""
+    with _captured(JsonFormatter()) as stream:
+        yield stream
 
 
 def _entries(stream: io.StringIO) -> list[dict]:
@@ -111,21 +119,11 @@ def test_no_credential_a_database_url_carries_is_logged(url: str) -> None:
 
 
 async def test_text_logs_escape_control_characters(aiohttp_client, make_app) -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(TextFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with _captured(TextFormatter()) as stream:
         client = await aiohttp_client(make_app())
         forged = "%0A2026-01-01%2000:00:00,000%20INFO%20service:%20forged%0D%1B[31m%E2%80%A8%C2%85"
         async with client.get(URL(f"/healthz{forged}", encoded=True)) as response:
             assert response.status == 404
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
     output = stream.getvalue()
     assert "forged" in output  # the request was logged, its path escaped on one line
     for line in output.splitlines():
