@@ -86,3 +86,8 @@ RETURNING tasks.*;
 DELETE FROM tasks
 WHERE user_id = :user_id AND id = :task_id
 RETURNING id;
+
+-- name: export_tasks(user_id, after_id, page_size)
+-- A page of the user's tasks in id order, after after_id: the account export reads them so,
+-- holding a connection for one page at a time, never while the client reads.
+SELECT * FROM tasks WHERE user_id = :user_id AND id > :after_id ORDER BY id LIMIT :page_size;
