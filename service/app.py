@@ -4,14 +4,18 @@ import asyncio
 
 from aiohttp import web
 
+from service.api_tokens import ApiTokens, api_token_uses
 from service.auth import PasswordHashing, auth_middleware, dummy_password_hash
 from service.cors import cors_middleware
 from service.db import pg_pool
 from service.errors import error_middleware
+from service.identity import IdentityProvider, provider_keys
 from service.jobs import chores
 from service.keys import (
     ACCOUNT_LIMITER,
     ADDRESS_LIMITER,
+    API_TOKENS,
+    IDENTITY_PROVIDER,
     LISTENER,
     LOGIN_LIMITER,
     PASSWORD_HASHING,
@@ -59,10 +63,14 @@ def create_app(settings: Settings) -> web.Application:
     app[LISTENER] = Listener(settings.listen_url, settings.db_acquire_timeout)
     app[REVOCATIONS] = Revocations()
     app[REVOCATIONS].subscribe(app[LISTENER])
+    app[IDENTITY_PROVIDER] = IdentityProvider(settings) if settings.auth_jwks_url else None
+    app[API_TOKENS] = ApiTokens()
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(listener)
     app.cleanup_ctx.append(chores)
     app.cleanup_ctx.append(pool_metrics)
     app.cleanup_ctx.append(dummy_password_hash)
+    app.cleanup_ctx.append(provider_keys)
+    app.cleanup_ctx.append(api_token_uses)
     setup_routes(app)
     return app

@@ -36,6 +36,7 @@ class Chore:
 CHORES = (
     Chore("purge_sessions", queries.purge_sessions, every_seconds=600),
     Chore("purge_revocations", queries.purge_revocations, every_seconds=600),
+    Chore("purge_api_tokens", queries.purge_api_tokens, every_seconds=600),
 )
 
 

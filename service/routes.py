@@ -3,11 +3,14 @@
 from aiohttp import web
 
 from service import metrics
-from service.handlers import auth, health, sessions, tasks
+from service.handlers import auth, health, sessions, tasks, tokens
 
-USER_TASKS = "/api/{user_id:[0-9]+}/tasks"
+# `{user_id}` is any one path segment: the caller's number, `me`, or a provider's user's `sub`.
+# The auth middleware resolves it to the caller or answers 403 (service/auth.py).
+USER_TASKS = "/api/{user_id}/tasks"
 USER_TASK = USER_TASKS + "/{task_id:[0-9]+}"
 SESSION = "/api/auth/sessions/{session_id:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
+API_TOKEN = "/api/auth/tokens/{token_id:[0-9]+}"
 
 
 def setup_routes(app: web.Application) -> None:
@@ -18,6 +21,9 @@ def setup_routes(app: web.Application) -> None:
     router.add_post("/api/auth/register", auth.register, name="register")
     router.add_post("/api/auth/login", auth.login, name="login")
     router.add_get("/api/auth/me", auth.me, name="me", allow_head=False)
+    router.add_get("/api/auth/tokens", tokens.list_tokens, name="api_tokens", allow_head=False)
+    router.add_post("/api/auth/tokens", tokens.create_token, name="create_api_token")
+    router.add_delete(API_TOKEN, tokens.delete_token, name="delete_api_token")
     router.add_put("/api/auth/password", auth.change_password, name="change_password")
     router.add_post("/api/auth/refresh", sessions.refresh, name="refresh")
     router.add_post("/api/auth/logout", sessions.logout, name="logout")

@@ -64,6 +64,8 @@ async def change_password(request: web.Request) -> web.Response:
         account = await queries.get_password(conn, user_id=user_id)
     if account is None:
         raise unauthorized("The token's user no longer exists.")
+    if account["password_hash"] is None:
+        raise Problem(403, "This account signs in with its identity provider and has no password here.")
     await check_password_failures(request, account["email_key"], address)
     if not await check_password(request.app, account["password_hash"], fields["current_password"]):
         count_password_failure(request, account["email_key"], address)
