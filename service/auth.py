@@ -186,6 +186,12 @@ _REVOKED = {
 }
 
 
+def user_revocation_seconds(settings: Settings) -> int:
+    """How long a deleted user stays revoked: past the last access token we issued them (leeway
+    included) and past any worker's memory of having checked one of their other tokens."""
+    return max(settings.jwt_ttl_seconds + settings.jwt_leeway_seconds, RECHECK_SECONDS) + 60
+
+
 def _check_issuer(claims: dict[str, Any], settings: Settings) -> None:
     """RFC 8725 sections 3.9-3.10: a token made for another service (another `iss` or `aud`)
     is refused even when signed with the same secret. Tokens with neither claim, which the

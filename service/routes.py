@@ -21,6 +21,8 @@ def setup_routes(app: web.Application) -> None:
     router.add_post("/api/auth/register", auth.register, name="register")
     router.add_post("/api/auth/login", auth.login, name="login")
     router.add_get("/api/auth/me", auth.me, name="me", allow_head=False)
+    router.add_delete("/api/auth/me", auth.delete_account, name="delete_account")
+    router.add_get("/api/auth/me/export", auth.export_account, name="export_account", allow_head=False)
     router.add_get("/api/auth/tokens", tokens.list_tokens, name="api_tokens", allow_head=False)
     router.add_post("/api/auth/tokens", tokens.create_token, name="create_api_token")
     router.add_delete(API_TOKEN, tokens.delete_token, name="delete_api_token")

@@ -250,6 +250,12 @@ class ApiTokenCreate(Schema):
         return data
 
 
+class AccountDeletion(Schema):
+    """A password account confirms with its password; a provider's user sends none."""
+
+    password = Text(validate=validate.Length(min=1, max=256))
+
+
 def api_token_document(row: Mapping[str, Any]) -> dict[str, Any]:
     """An API token as its owner sees it, without its secret (shown once, when it is made)."""
     fields = ("id", "name", "scopes", "created_at", "expires_at", "last_used_at")
@@ -270,6 +276,7 @@ LOGIN = Login()
 REFRESH = Refresh()
 PASSWORD_CHANGE = PasswordChange()
 API_TOKEN_CREATE = ApiTokenCreate()
+ACCOUNT_DELETION = AccountDeletion()
 
 
 def _is_json(content_type: str) -> bool:

@@ -103,6 +103,8 @@ async def test_an_api_token_cannot_manage_tokens_sessions_the_password_or_the_ac
             "/api/auth/password", token=token, json={"current_password": "x", "new_password": "long enough"}
         ),
         await api.post("/api/auth/logout", token=token),
+        await api.delete("/api/auth/me", token=token, json={"password": "x"}),
+        await api.get("/api/auth/me/export", token=token),
     ]
     for answer in refused:
         assert answer.status == 403, answer
