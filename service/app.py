@@ -4,6 +4,7 @@ import asyncio
 
 from aiohttp import web
 
+from service.api_tokens import ApiTokens, api_token_uses
 from service.auth import PasswordHashing, auth_middleware, dummy_password_hash
 from service.changefeed import ChangeWaiters
 from service.connections import handler_args
@@ -11,11 +12,14 @@ from service.cors import add_cors_headers, cors_middleware
 from service.db import PoolShares, pg_pool
 from service.errors import error_middleware
 from service.headers import answer_headers, header_bytes_middleware
+from service.identity import IdentityProvider, provider_keys
 from service.jobs import chores
 from service.keys import (
     ACCOUNT_LIMITER,
     ADDRESS_LIMITER,
+    API_TOKENS,
     CHANGE_WAITERS,
+    IDENTITY_PROVIDER,
     LISTENER,
     LOGIN_LIMITER,
     METRICS_PAGE,
@@ -70,11 +74,15 @@ def create_app(settings: Settings) -> web.Application:
     # Headers every answer carries, streamed ones included, added as it is sent.
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(add_cors_headers)
+    app[IDENTITY_PROVIDER] = IdentityProvider(settings) if settings.auth_jwks_url else None
+    app[API_TOKENS] = ApiTokens()
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(listener)
     app.cleanup_ctx.append(chores)
     app.cleanup_ctx.append(pool_metrics)
     app.cleanup_ctx.append(dummy_password_hash)
     app.on_response_prepare.append(answer_headers)
+    app.cleanup_ctx.append(provider_keys)
+    app.cleanup_ctx.append(api_token_uses)
     setup_routes(app)
     return app

@@ -1,6 +1,13 @@
-"""Who is calling: bearer-token verification middleware, token minting, password hashing."""
+"""Who is calling: bearer-token verification middleware, token minting, password hashing.
+
+Three kinds of bearer token reach the middleware: this service's own HS256 JWTs, an identity
+provider's JWTs (service/identity.py) and personal API tokens (service/api_tokens.py). Each
+becomes an AccessToken, remembered by the worker that checked it, so that a client's next
+request costs a dict lookup; the revocations are checked on every request, remembered or not.
+"""
 
 import asyncio
+import math
 import re
 import secrets
 import time
@@ -13,7 +20,17 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.errors import Problem
-from service.keys import DUMMY_PASSWORD_HASH, PASSWORD_HASHING, REVOCATIONS, SESSION_ID, SETTINGS, USER_ID
+from service.keys import (
+    ACCESS,
+    API_TOKENS,
+    DUMMY_PASSWORD_HASH,
+    IDENTITY_PROVIDER,
+    PASSWORD_HASHING,
+    REVOCATIONS,
+    SESSION_ID,
+    SETTINGS,
+    USER_ID,
+)
 from service.settings import Settings
 
 ALGORITHM = "HS256"
@@ -28,6 +45,30 @@ PUBLIC_ROUTES = frozenset(
 # Routes that use a bearer token when a valid one comes, and let the request through without
 # one: logout, which a client whose access token has expired does with its refresh token.
 OPTIONAL_TOKEN_ROUTES = frozenset({"logout"})
+# What an API token may call, by route name, and the scope each needs (None: any). Every other
+# route (tokens, sessions, the password, the account) is for a person's own sign-in only.
+API_TOKEN_ROUTES: dict[str, str | None] = {
+    "me": None,
+    "tasks": "tasks:read",
+    "task": "tasks:read",
+    "create_task": "tasks:write",
+    "update_task": "tasks:write",
+    "delete_task": "tasks:write",
+    "complete_task": "tasks:write",
+    "batch": "tasks:write",
+    "changes": "tasks:read",
+    "trash": "tasks:read",
+    "restore_task": "tasks:write",
+    "purge_task": "tasks:write",
+    "empty_trash": "tasks:write",
+}
+API_TOKEN_PREFIX = "tapi_"
+# `{user_id}` in a path may be this, for whoever calls (or their number, or a provider's `sub`).
+MY_PATH = "me"
+# A provider's token or an API token that a worker has checked is checked again after this
+# long. Revocations of users and API tokens are kept longer than that, so no worker's memory of
+# a check can outlive the revocation that overrides it.
+RECHECK_SECONDS = 300
 
 _SUBJECT = re.compile(r"[1-9][0-9]{0,18}")
 _SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -39,13 +80,17 @@ class InvalidToken(Exception):
 
 
 class AccessToken(NamedTuple):
-    """What a verified access token says: whose it is, and the session it belongs to (none for
-    tokens minted by `python -m service token`)."""
+    """What a verified token says: whose it is, what ends it, and what it may do."""
 
     user_id: int
-    session_id: str | None
-    revocation_key: str | None  # its session's key in the revocations, made once, not per request
-    expires: float
+    # The session of one of our own tokens; none for those `python -m service token` mints.
+    session_id: str | None = None
+    # Its keys in the revocations (its session, its user, the API token), made once, not per request.
+    revocations: tuple[str, ...] = ()
+    expires: float = math.inf
+    scopes: frozenset[str] | None = None  # an API token's; None for a person's token, which may do anything
+    subject: str | None = None  # a provider's token's `sub`, which paths may name the user by
+    issued_at: float | None = None  # a provider's token's `iat`
 
 
 def mint_token(
@@ -79,14 +124,22 @@ _verified: dict[tuple[str, str, str, bool], AccessToken] = {}
 MAX_VERIFIED_TOKENS = 50_000
 
 
-def read_token(token: str, settings: Settings) -> AccessToken:
-    """What a valid token says; raises InvalidToken otherwise."""
+def remembered_token(token: str, settings: Settings) -> AccessToken | None:
+    """One of our own tokens that this worker has verified and that has not expired."""
     key = (token, settings.jwt_secret, settings.jwt_issuer, settings.jwt_require_issuer)
     cached = _verified.get(key)
     if cached is not None:
         if time.time() <= cached.expires + settings.jwt_leeway_seconds:
             return cached
         del _verified[key]  # expired: decode again, to refuse it the usual way
+    return None
+
+
+def read_token(token: str, settings: Settings) -> AccessToken:
+    """What a valid token of our own says; raises InvalidToken otherwise."""
+    cached = remembered_token(token, settings)
+    if cached is not None:
+        return cached
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("The token is too long.")
     try:
@@ -109,15 +162,42 @@ def read_token(token: str, settings: Settings) -> AccessToken:
         raise InvalidToken("The token is invalid.")
     if len(_verified) >= MAX_VERIFIED_TOKENS:
         _verified.clear()
-    revocation_key = None if session_id is None else session_credential(session_id)
-    verified = AccessToken(int(subject), session_id, revocation_key, float(claims["exp"]))
-    _verified[key] = verified
+    user_id = int(subject)
+    revocations: tuple[str, ...] = (user_credential(user_id),)
+    if session_id is not None:
+        revocations += (session_credential(session_id),)
+    verified = AccessToken(user_id, session_id, revocations, float(claims["exp"]))
+    _verified[(token, settings.jwt_secret, settings.jwt_issuer, settings.jwt_require_issuer)] = verified
     return verified
 
 
 def session_credential(session_id: str) -> str:
     """How a session is named in the revocations."""
     return f"session:{session_id}"
+
+
+def user_credential(user_id: int) -> str:
+    """How a user is named in the revocations: every token of a deleted account."""
+    return f"user:{user_id}"
+
+
+def api_token_credential(token_id: int) -> str:
+    """How an API token is named in the revocations."""
+    return f"api_token:{token_id}"
+
+
+# What a revoked credential's kind means to the client whose token it ends.
+_REVOKED = {
+    "session": "The session has ended; sign in again.",
+    "user": "The account has been deleted.",
+    "api_token": "The API token has been deleted.",
+}
+
+
+def user_revocation_seconds(settings: Settings) -> int:
+    """How long a deleted user stays revoked: past the last access token we issued them (leeway
+    included) and past any worker's memory of having checked one of their other tokens."""
+    return max(settings.jwt_ttl_seconds + settings.jwt_leeway_seconds, RECHECK_SECONDS) + 60
 
 
 def _check_issuer(claims: dict[str, Any], settings: Settings) -> None:
@@ -145,9 +225,45 @@ def unauthorized(detail: str, *, invalid: bool = True) -> Problem:
     return Problem(401, detail, headers={"WWW-Authenticate": challenge})
 
 
+def insufficient_scope(detail: str, scope: str | None = None) -> Problem:
+    """A 403 problem with the RFC 6750 challenge naming the scope needed, if any can do."""
+    challenge = 'Bearer error="insufficient_scope"'
+    if scope is not None:
+        challenge += f', scope="{scope}"'
+    return Problem(403, detail, headers={"WWW-Authenticate": challenge})
+
+
+async def authenticate(request: web.Request, token: str) -> AccessToken:
+    """What a bearer token of any kind says; raises InvalidToken when it cannot be trusted."""
+    app = request.app
+    if token.startswith(API_TOKEN_PREFIX):
+        return await app[API_TOKENS].check(request, token)
+    settings = app[SETTINGS]
+    remembered = remembered_token(token, settings)
+    if remembered is not None:
+        return remembered
+    provider = app[IDENTITY_PROVIDER]
+    if provider is not None:
+        access = await provider.read(request, token)
+        if access is not None:
+            return access
+    return read_token(token, settings)
+
+
+def _check_scope(route: str | None, scopes: frozenset[str]) -> None:
+    if route not in API_TOKEN_ROUTES:
+        raise insufficient_scope(
+            "An API token cannot manage tokens, sessions, the password or the account; sign in for that."
+        )
+    needed = API_TOKEN_ROUTES[route]
+    if needed is not None and needed not in scopes:
+        raise insufficient_scope(f"This API token does not have the {needed} scope.", needed)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Put the token's user on the request; 401 without a valid token, 403 for another user's URL."""
+    """Put the token's user on the request; 401 without a valid token, 403 for another user's URL
+    or, for an API token, a route beyond its scopes."""
     match_info = request.match_info
     route = match_info.route.name
     if match_info.http_exception is not None or route in PUBLIC_ROUTES:
@@ -157,21 +273,28 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("A bearer token is required.", invalid=False)
         try:
-            access = read_token(token.strip(), request.app[SETTINGS])
+            access = await authenticate(request, token.strip())
         except InvalidToken as error:
             raise unauthorized(str(error), invalid=True) from None
-        if access.revocation_key is not None and access.revocation_key in request.app[REVOCATIONS]:
-            raise unauthorized("The session has ended; sign in again.", invalid=True)
+        revocations = request.app[REVOCATIONS]
+        for credential in access.revocations:
+            if credential in revocations:
+                raise unauthorized(_REVOKED[credential.partition(":")[0]], invalid=True)
     except Problem:
         if route in OPTIONAL_TOKEN_ROUTES:
             return await handler(request)
         raise
+    if access.scopes is not None:
+        _check_scope(route, access.scopes)
     path_user = match_info.get("user_id")
-    # Compared as text: the path may hold any number of digits, too many for int() to parse.
-    if path_user is not None and path_user != str(access.user_id):
+    # The one place `{user_id}` is resolved: it must name the caller, as `me`, as their number
+    # (compared as text: the path may hold more digits than int() parses) or, for a provider's
+    # user, as the `sub` of their token. Handlers use request[USER_ID] only.
+    if path_user is not None and path_user not in (MY_PATH, str(access.user_id), access.subject):
         raise Problem(403, "The token does not give access to this user's tasks.")
     request[USER_ID] = access.user_id
     request[SESSION_ID] = access.session_id
+    request[ACCESS] = access
     return await handler(request)
 
 

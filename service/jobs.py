@@ -56,6 +56,7 @@ CHORES = (
         parameters=lambda settings: {"retention_days": settings.changes_retention_days},
     ),
     Chore("purge_idempotency_keys", queries.purge_idempotency_keys, every_seconds=300),
+    Chore("purge_api_tokens", queries.purge_api_tokens, every_seconds=600),
 )
 
 

@@ -9,9 +9,11 @@ from aiohttp import web
 from service.settings import Settings
 
 if TYPE_CHECKING:  # these modules import this one
-    from service.auth import PasswordHashing  # noqa: F401 - named in the keys' types below
+    from service.api_tokens import ApiTokens  # noqa: F401 - named in the keys' types below
+    from service.auth import AccessToken, PasswordHashing  # noqa: F401
     from service.changefeed import ChangeWaiters  # noqa: F401
     from service.db import PoolShares  # noqa: F401
+    from service.identity import IdentityProvider  # noqa: F401
     from service.limits import RateLimiter  # noqa: F401
     from service.listener import Listener  # noqa: F401
     from service.metrics import MetricsPage  # noqa: F401
@@ -35,8 +37,11 @@ ADDRESS_LIMITER = web.AppKey["RateLimiter"]("ADDRESS_LIMITER")  # logins and sig
 LOGIN_LIMITER = web.AppKey["RateLimiter"]("LOGIN_LIMITER")  # failed passwords per account and address
 ACCOUNT_LIMITER = web.AppKey["RateLimiter"]("ACCOUNT_LIMITER")  # failed passwords per account
 METRICS_PAGE = web.AppKey["MetricsPage"]("METRICS_PAGE")  # /metrics, rendered at most once a second
+IDENTITY_PROVIDER = web.AppKey["IdentityProvider | None"]("IDENTITY_PROVIDER")  # None: AUTH_JWKS_URL unset
+API_TOKENS = web.AppKey["ApiTokens"]("API_TOKENS")  # the API tokens this worker has checked
 
 USER_ID = web.RequestKey("USER_ID", int)
 SESSION_ID = web.RequestKey[str | None]("SESSION_ID")  # the token's session; none for minted ones
+ACCESS = web.RequestKey["AccessToken"]("ACCESS")  # everything the bearer token says
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)
 ROUTE = web.RequestKey("ROUTE", str)  # the matched route's name, for the access log

@@ -1,5 +1,5 @@
-"""Revoked credentials: the one path by which a session (later an API token or an account)
-stops working before its tokens expire.
+"""Revoked credentials: the one path by which a session (`session:<id>`), an API token
+(`api_token:<id>`) or a deleted account (`user:<id>`) stops working before its tokens expire.
 
 A revocation is a row in `revocations` (what, and until when a token it covers could still be
 valid) written in the same transaction as the change that causes it, with a NOTIFY on the

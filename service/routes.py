@@ -5,14 +5,18 @@ import re
 from aiohttp import web
 
 from service import metrics
-from service.handlers import auth, batch, changes, docs, health, sessions, tasks, trash
+from service.handlers import auth, batch, changes, docs, health, sessions, tasks, tokens, trash
 
-USER_TASKS = "/api/{user_id:[0-9]+}/tasks"
+# `{user_id}` is any one path segment: the caller's number, `me`, or a provider's user's `sub`.
+# The auth middleware resolves it to the caller or answers 403 (service/auth.py).
+USER = "/api/{user_id}"
+USER_TASKS = USER + "/tasks"
 USER_TASK = USER_TASKS + "/{task_id:[0-9]+}"
-USER_TRASH = "/api/{user_id:[0-9]+}/trash"
+USER_TRASH = USER + "/trash"
 TRASHED_TASK = USER_TRASH + "/{task_id:[0-9]+}"
 SESSION = "/api/auth/sessions/{session_id:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
 DOCS_ASSET = "/docs/{asset:" + "|".join(map(re.escape, docs.ASSET_TYPES)) + "}"
+API_TOKEN = "/api/auth/tokens/{token_id:[0-9]+}"
 
 
 def setup_routes(app: web.Application) -> None:
@@ -28,6 +32,11 @@ def setup_routes(app: web.Application) -> None:
     router.add_post("/api/auth/login", auth.login, name="login")
     router.add_get("/api/auth/me", auth.me, name="me", allow_head=False)
     router.add_patch("/api/auth/me", auth.update_me, name="update_me")
+    router.add_delete("/api/auth/me", auth.delete_account, name="delete_account")
+    router.add_get("/api/auth/me/export", auth.export_account, name="export_account", allow_head=False)
+    router.add_get("/api/auth/tokens", tokens.list_tokens, name="api_tokens", allow_head=False)
+    router.add_post("/api/auth/tokens", tokens.create_token, name="create_api_token")
+    router.add_delete(API_TOKEN, tokens.delete_token, name="delete_api_token")
     router.add_put("/api/auth/password", auth.change_password, name="change_password")
     router.add_post("/api/auth/refresh", sessions.refresh, name="refresh")
     router.add_post("/api/auth/logout", sessions.logout, name="logout")
@@ -41,7 +50,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_delete(USER_TASK, tasks.delete_task, name="delete_task")
     router.add_patch(USER_TASK + "/complete", tasks.complete_task, name="complete_task")
     router.add_post(USER_TASKS + "/batch", batch.run_batch, name="batch")
-    router.add_get("/api/{user_id:[0-9]+}/changes", changes.list_changes, name="changes", allow_head=False)
+    router.add_get(USER + "/changes", changes.list_changes, name="changes", allow_head=False)
     router.add_get(USER_TRASH, trash.list_trash, name="trash", allow_head=False)
     router.add_delete(USER_TRASH, trash.empty_trash, name="empty_trash")
     router.add_delete(TRASHED_TASK, trash.purge_task, name="purge_task")

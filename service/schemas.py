@@ -420,6 +420,40 @@ class PasswordChange(RequestBody):
     new_password = Text(required=True, validate=validate.Length(min=8, max=256))
 
 
+class ApiTokenCreate(RequestBody):
+    name = Text(required=True, validate=[validate.Length(min=1, max=100), not_blank])
+    scopes = fields.List(
+        fields.String(validate=validate.OneOf(["tasks:read", "tasks:write"])),
+        required=True,
+        validate=validate.Length(min=1, max=2),
+    )
+    expires_in_days = StrictInteger(
+        allow_none=True, load_default=None, validate=validate.Range(min=1, max=3650)
+    )
+
+    @validates_schema
+    def scopes_once(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if len(set(data["scopes"])) != len(data["scopes"]):
+            raise ValidationError("Give each scope once.", "scopes")
+
+    @post_load
+    def sort_scopes(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["scopes"] = sorted(data["scopes"])
+        return data
+
+
+class AccountDeletion(RequestBody):
+    """A password account confirms with its password; a provider's user sends none."""
+
+    password = Text(validate=validate.Length(min=1, max=256))
+
+
+def api_token_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An API token as its owner sees it, without its secret (shown once, when it is made)."""
+    fields = ("id", "name", "scopes", "created_at", "expires_at", "last_used_at")
+    return {name: row[name] for name in fields}
+
+
 def user_document(row: Mapping[str, Any]) -> dict[str, Any]:
     """An account as clients see it: never its password hash."""
     return {
@@ -450,6 +484,8 @@ LOGIN = Login()
 REFRESH = Refresh()
 PASSWORD_CHANGE = PasswordChange()
 ACCOUNT_UPDATE = AccountUpdate()
+API_TOKEN_CREATE = ApiTokenCreate()
+ACCOUNT_DELETION = AccountDeletion()
 
 
 def _is_json(content_type: str) -> bool:

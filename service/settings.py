@@ -6,12 +6,26 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 MIN_SECRET_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# What an identity provider may sign with: public-key algorithms only, so that no token signed
+# with a shared secret (or with a provider's public key used as one) passes as the provider's.
+ASYMMETRIC_ALGORITHMS = (
+    "EdDSA",
+    "ES256",
+    "ES384",
+    "ES512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+)
 
 
 class SettingsError(ValueError):
@@ -62,6 +76,10 @@ class Settings:
     http_keepalive_timeout: float = 75.0
     max_connections: int = 1000
     stream_write_timeout: float = 10.0
+    auth_jwks_url: str = ""
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    auth_algorithms: tuple[str, ...] = ("EdDSA", "ES256", "RS256")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -85,6 +103,7 @@ class Settings:
                 "DB_PGBOUNCER=1 needs DB_LISTEN_URL: LISTEN does not work through transaction pooling,"
                 " so point it at PostgreSQL itself (or a session-mode pool)"
             )
+        provider = _identity_provider(reader)
         return cls(
             database_url=database_url,
             jwt_secret=secret,
@@ -148,6 +167,7 @@ class Settings:
             http_keepalive_timeout=reader.number("HTTP_KEEPALIVE_TIMEOUT", cls.http_keepalive_timeout),
             max_connections=reader.integer("MAX_CONNECTIONS", cls.max_connections, minimum=1),
             stream_write_timeout=reader.number("STREAM_WRITE_TIMEOUT", cls.stream_write_timeout),
+            **provider,
         )
 
     @property
@@ -170,6 +190,32 @@ class Settings:
     @property
     def log_level_number(self) -> int:
         return logging.getLevelNamesMapping()[self.log_level]
+
+
+def _identity_provider(reader: "_Reader") -> dict[str, Any]:
+    """AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE (all three or none) and AUTH_ALGORITHMS."""
+    names = ("AUTH_JWKS_URL", "AUTH_ISSUER", "AUTH_AUDIENCE")
+    url, issuer, audience = (reader.text(name, "") for name in names)
+    if any((url, issuer, audience)) and not all((url, issuer, audience)):
+        missing = ", ".join(
+            name for name, value in zip(names, (url, issuer, audience), strict=True) if not value
+        )
+        raise SettingsError(f"AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE go together; {missing} is not set")
+    if url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+        raise SettingsError(f"AUTH_JWKS_URL must be an https:// URL, got {url!r}")
+    algorithms = tuple(part.strip() for part in reader.text("AUTH_ALGORITHMS", "").split(",") if part.strip())
+    for algorithm in algorithms:
+        if algorithm not in ASYMMETRIC_ALGORITHMS:
+            raise SettingsError(
+                f"AUTH_ALGORITHMS must list public-key algorithms ({', '.join(ASYMMETRIC_ALGORITHMS)}),"
+                f" got {algorithm!r}"
+            )
+    return {
+        "auth_jwks_url": url,
+        "auth_issuer": issuer,
+        "auth_audience": audience,
+        "auth_algorithms": algorithms or Settings.auth_algorithms,
+    }
 
 
 def jwt_secret_from_env(env: Mapping[str, str]) -> str:

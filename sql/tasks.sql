@@ -179,3 +179,17 @@ WITH gone AS (
     RETURNING user_id, id
 )
 SELECT id FROM trashed WHERE record_task_change(user_id, id, 'deleted', NULL) IS NOT NULL;
+
+-- name: export_tasks(user_id, after_id, page_size)
+-- A page of the user's tasks, live and trashed (with deleted_at), in id order, after after_id:
+-- the account export reads them so, holding a connection for one page at a time, never while
+-- the client reads. Both sides are read in id order from their primary keys and merged.
+(SELECT tasks.*, NULL::timestamptz AS deleted_at
+ FROM tasks WHERE user_id = :user_id AND id > :after_id ORDER BY id LIMIT :page_size)
+UNION ALL
+(SELECT t.*, trashed_tasks.deleted_at
+ FROM trashed_tasks, jsonb_populate_record(NULL::tasks, trashed_tasks.task) AS t
+ WHERE trashed_tasks.user_id = :user_id AND trashed_tasks.id > :after_id
+ ORDER BY trashed_tasks.id LIMIT :page_size)
+ORDER BY id
+LIMIT :page_size;

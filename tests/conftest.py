@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -20,13 +20,17 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import argon2
 import asyncpg
+import jwt
 import orjson
 import psycopg
 import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jsonschema import Draft202012Validator
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from openapi_core import Config, OpenAPI
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
 from openapi_core.templating.responses.exceptions import ResponseNotFound
@@ -293,7 +297,7 @@ def check_contract(
         OPENAPI.validate_response(request, response)
     except (PathNotFound, OperationNotFound, ResponseNotFound) as error:
         # No spec lists an unknown URL or method, nor a URL whose path parameter has the wrong
-        # type (/api/me/tasks): that much must be true of the request, and the answer must
+        # type (/api/1/tasks/abc): that much must be true of the request, and the answer must
         # still be a problem document.
         if isinstance(error, ResponseNotFound):
             request_errors = OPENAPI.iter_request_errors(request)
@@ -364,3 +368,154 @@ async def alice(make_user: Any) -> User:
 @pytest.fixture
 async def bob(make_user: Any) -> User:
     return await make_user()
+
+
+# An identity provider, for the tests of tokens from one (tests/test_identity_provider.py).
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+ALGORITHMS = {"EdDSA": OKPAlgorithm, "ES256": ECAlgorithm, "RS256": RSAAlgorithm}
+
+
+def _new_key(algorithm: str) -> PrivateKey:
+    if algorithm == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    if algorithm == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+# Made once: an RSA key takes a moment. Each provider draws its own (kid, key) pairs from here.
+KEYS = {algorithm: [_new_key(algorithm) for _ in range(3)] for algorithm in ALGORITHMS}
+
+
+class Provider:
+    """An identity provider's JWKS endpoint, as Better Auth publishes it at /api/auth/jwks, on a
+    port of its own; it can rotate its keys, go down and come back on the same port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"  # Better Auth: iss and aud are its base URL
+        self.jwks_url = f"{self.issuer}/api/auth/jwks"
+        self.keys: dict[str, tuple[str, PrivateKey]] = {}  # kid -> (algorithm, private key)
+        self.published: list[str] = []
+        self.max_age: int | None = None
+        self.fetches = 0
+        self._runner: web.AppRunner | None = None
+        self._drawn = {algorithm: 0 for algorithm in ALGORITHMS}
+
+    def new_key(self, algorithm: str, *, publish: bool = True) -> str:
+        """A new signing key of this provider's; its kid."""
+        key = KEYS[algorithm][self._drawn[algorithm] % len(KEYS[algorithm])]
+        self._drawn[algorithm] += 1
+        kid = f"{algorithm}-{uuid.uuid4()}"
+        self.keys[kid] = (algorithm, key)
+        if publish:
+            self.published.append(kid)
+        return kid
+
+    def public_jwk(self, kid: str) -> dict[str, Any]:
+        algorithm, key = self.keys[kid]
+        jwk: dict[str, Any] = ALGORITHMS[algorithm].to_jwk(key.public_key(), as_dict=True)
+        return {**jwk, "kid": kid}
+
+    def public_pem(self, kid: str) -> bytes:
+        return (
+            self.keys[kid][1]
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+
+    def claims(self, subject: str, **changes: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims = {
+            "sub": subject,
+            "iss": self.issuer,
+            "aud": self.issuer,
+            "iat": now,
+            "exp": now + 900,
+            "email": f"{subject[:20]}@example.com",
+            "name": "Provider User",
+            **changes,
+        }
+        return {key: value for key, value in claims.items() if value is not None}
+
+    def token(
+        self,
+        subject: str,
+        kid: str,
+        *,
+        algorithm: str | None = None,
+        headers_kid: str | None = None,
+        **changes: Any,
+    ) -> str:
+        """A token for `subject` signed with the key `kid` (naming `headers_kid` instead, if
+        given), as the provider would issue it."""
+        key_algorithm, key = self.keys[kid]
+        return jwt.encode(
+            self.claims(subject, **changes),
+            key,
+            algorithm=algorithm or key_algorithm,
+            headers={"kid": headers_kid or kid},
+        )
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        headers = {"Cache-Control": f"public, max-age={self.max_age}"} if self.max_age is not None else {}
+        return web.json_response({"keys": [self.public_jwk(kid) for kid in self.published]}, headers=headers)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/api/auth/jwks", self._jwks)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Provider]:
+    provider = Provider()
+    for algorithm in ALGORITHMS:
+        provider.new_key(algorithm)
+    await provider.start()
+    try:
+        yield provider
+    finally:
+        await provider.stop()
+
+
+def provider_settings(provider: Provider, **overrides: Any) -> dict[str, Any]:
+    return {
+        "auth_jwks_url": provider.jwks_url,
+        "auth_issuer": provider.issuer,
+        "auth_audience": provider.issuer,
+        **overrides,
+    }
+
+
+@pytest.fixture
+async def provider_api(aiohttp_client: Any, make_app: Any, provider: Provider) -> ApiClient:
+    """The app, configured with the test provider, once it has fetched the provider's keys."""
+    api = ApiClient(await aiohttp_client(make_app(**provider_settings(provider))))
+    await until(lambda: provider.fetches >= 1)
+    return api
+
+
+def subject() -> str:
+    """A subject as Better Auth makes them: 32 letters and digits."""
+    return uuid.uuid4().hex
+
+
+def kid_of(provider: Provider, algorithm: str) -> str:
+    return next(kid for kid in provider.published if provider.keys[kid][0] == algorithm)

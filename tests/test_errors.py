@@ -131,10 +131,17 @@ async def test_a_10_mb_body_is_413(api: ApiClient, alice: User) -> None:
         assert response.content_type == PROBLEM_CONTENT_TYPE
 
 
+async def test_a_look_alike_digit_names_no_user(api: ApiClient, alice: User) -> None:
+    # An Arabic-Indic digit one, and the caller's id written in such digits: neither is an id
+    # (int() would read both), so both are someone else's path.
+    look_alike = "".join(chr(0x660 + int(digit)) for digit in str(alice.id))
+    for user_id in ("%D9%A1", look_alike):
+        assert (await api.get(f"/api/{user_id}/tasks", token=alice.token)).status == 403
+
+
 @pytest.mark.parametrize(
     "path",
     [
-        "/api/%D9%A1/tasks",  # an Arabic-Indic digit one: not an id
         "/api/1/tasks/%00",
         "/api/1/tasks/1%20OR%201=1",
         "/api/1/tasks/-1",

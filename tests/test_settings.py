@@ -11,6 +11,11 @@ from service.settings import Settings, SettingsError
 
 SECRET = "s" * 32
 BASE = {"DATABASE_URL": "postgresql://app@db:5432/tasks", "JWT_SECRET": SECRET}
+PROVIDER = {
+    "AUTH_JWKS_URL": "https://app.example.com/api/auth/jwks",
+    "AUTH_ISSUER": "https://app.example.com",
+    "AUTH_AUDIENCE": "https://app.example.com",
+}
 
 
 def test_defaults() -> None:
@@ -50,11 +55,25 @@ def test_better_auth_secret_is_the_fallback_name() -> None:
         ({"MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS"),
         ({"METRICS_PUBLIC": "maybe"}, "METRICS_PUBLIC"),
         ({"PUBLIC_URL": "https://tasks.example.com/?x=1"}, "PUBLIC_URL"),
+        ({"AUTH_JWKS_URL": "https://app.example.com/api/auth/jwks"}, "AUTH_ISSUER, AUTH_AUDIENCE is not set"),
+        ({"AUTH_ISSUER": "https://app.example.com"}, "AUTH_JWKS_URL, AUTH_AUDIENCE is not set"),
+        ({**PROVIDER, "AUTH_JWKS_URL": "app.example.com/jwks"}, "AUTH_JWKS_URL must be"),
+        ({**PROVIDER, "AUTH_ALGORITHMS": "EdDSA,HS256"}, "AUTH_ALGORITHMS"),
+        ({**PROVIDER, "AUTH_ALGORITHMS": "none"}, "AUTH_ALGORITHMS"),
     ],
 )
 def test_bad_values_name_the_variable(change: dict, named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env({**BASE, **change})
+
+
+def test_an_identity_provider_is_configured_by_three_settings_together() -> None:
+    assert Settings.from_env(BASE).auth_jwks_url == ""
+    settings = Settings.from_env({**BASE, **PROVIDER})
+    assert (settings.auth_jwks_url, settings.auth_issuer, settings.auth_audience) == tuple(PROVIDER.values())
+    assert settings.auth_algorithms == ("EdDSA", "ES256", "RS256")
+    chosen = Settings.from_env({**BASE, **PROVIDER, "AUTH_ALGORITHMS": " PS256, EdDSA "})
+    assert chosen.auth_algorithms == ("PS256", "EdDSA")
 
 
 @pytest.mark.parametrize(("raw", "value"), [("0", False), ("false", False), ("1", True), ("YES", True)])

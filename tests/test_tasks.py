@@ -230,9 +230,15 @@ async def test_any_other_user_id_in_the_path_is_forbidden(api: ApiClient, alice:
     assert answer.status == 403
 
 
-async def test_non_numeric_ids_are_unknown_urls(api: ApiClient, alice: User) -> None:
+async def test_non_numeric_task_ids_are_unknown_urls(api: ApiClient, alice: User) -> None:
     assert (await api.get(f"{alice.tasks}/abc", token=alice.token)).status == 404
-    assert (await api.get("/api/me/tasks", token=alice.token)).status == 404
+
+
+@pytest.mark.parametrize("user_id", ["abc", "ME", "me%2F", "auth"])
+async def test_a_user_id_that_is_not_a_name_of_the_caller_is_forbidden(
+    api: ApiClient, alice: User, user_id: str
+) -> None:
+    assert (await api.get(f"/api/{user_id}/tasks", token=alice.token)).status == 403
 
 
 def _time(value: str) -> datetime:

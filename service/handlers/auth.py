@@ -1,24 +1,44 @@
-"""Account routes: register, log in, who am I, change my name or time zone, change the password."""
+"""Account routes: register, log in, who am I, change my name or time zone, change the password,
+delete the account, and export everything it holds."""
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
+import orjson
 from aiohttp import web
 from marshmallow import ValidationError
 
-from service.auth import check_password, hash_password, needs_rehash, unauthorized
+from service.auth import check_password, hash_password, needs_rehash, unauthorized, user_revocation_seconds
 from service.db import connection, queries
 from service.errors import Problem
 from service.handlers.sessions import open_session, revoke_other_sessions
-from service.keys import DUMMY_PASSWORD_HASH, USER_ID
+from service.keys import ACCESS, DUMMY_PASSWORD_HASH, REVOCATIONS, SETTINGS, USER_ID
 from service.limits import check_password_failures, check_sign_in, client_address, count_password_failure
 from service.schemas import (
+    ACCOUNT_DELETION,
     ACCOUNT_UPDATE,
     LOGIN,
     PASSWORD_CHANGE,
     REGISTER,
+    api_token_document,
     json_response,
     load_body,
+    task_document,
     user_document,
 )
+
+log = logging.getLogger(__name__)
+
+# A provider's user proves who they are to delete their account with a token this fresh.
+RECENT_SIGN_IN_SECONDS = 300
+# A deleted provider identity stays revoked this long for tokens issued before the deletion: far
+# past the lifetime of any provider's access tokens.
+IDENTITY_REVOCATION_SECONDS = 30 * 86400
+EXPORT_PAGE_SIZE = 1000
 
 
 async def register(request: web.Request) -> web.Response:
@@ -105,6 +125,8 @@ async def change_password(request: web.Request) -> web.Response:
         account = await queries.get_password(conn, user_id=user_id)
     if account is None:
         raise unauthorized("The token's user no longer exists.")
+    if account["password_hash"] is None:
+        raise Problem(403, "This account signs in with its identity provider and has no password here.")
     await check_password_failures(request, account["email_key"], address)
     if not await check_password(request.app, account["password_hash"], fields["current_password"]):
         count_password_failure(request, account["email_key"], address)
@@ -114,3 +136,112 @@ async def change_password(request: web.Request) -> web.Response:
         await queries.set_password_hash(conn, user_id=user_id, password_hash=new_hash)
         await revoke_other_sessions(request, conn, user_id)
     return web.Response(status=204)
+
+
+async def delete_account(request: web.Request) -> web.Response:
+    """Delete the caller's account and everything it holds; every token it had stops working."""
+    fields = await load_body(request, ACCOUNT_DELETION) if request.body_exists else {}
+    user_id = request[USER_ID]
+    access = request[ACCESS]
+    if access.subject is not None:  # a provider's token: the provider has just checked who it is
+        if access.issued_at is None or time.time() - access.issued_at > RECENT_SIGN_IN_SECONDS:
+            raise Problem(
+                403, "Deleting the account needs a token issued in the last 5 minutes; sign in again."
+            )
+    else:
+        await _confirm_password(request, user_id, fields.get("password"))
+    async with connection(request) as conn:
+        rows = await queries.delete_user(
+            conn,
+            user_id=user_id,
+            user_seconds=user_revocation_seconds(request.app[SETTINGS]),
+            identity_seconds=IDENTITY_REVOCATION_SECONDS,
+        )
+    if not rows:
+        raise unauthorized("The token's user no longer exists.")
+    request.app[REVOCATIONS].add((row["credential"], row["until"]) for row in rows)
+    log.info("account deleted", extra={"user_id": user_id})
+    return web.Response(status=204)
+
+
+async def _confirm_password(request: web.Request, user_id: int, password: str | None) -> None:
+    """403 unless `password` is the account's; wrong ones count as failed logins do."""
+    async with connection(request) as conn:
+        account = await queries.get_password(conn, user_id=user_id)
+    if account is None:
+        raise unauthorized("The token's user no longer exists.")
+    if account["password_hash"] is None:
+        raise Problem(
+            403,
+            "This account signs in with its identity provider: delete it with a token from there,"
+            " issued in the last 5 minutes.",
+        )
+    if password is None:
+        raise Problem(403, 'Confirm with the account\'s password: {"password": "…"}.')
+    address = client_address(request)
+    await check_password_failures(request, account["email_key"], address)
+    if not await check_password(request.app, account["password_hash"], password):
+        count_password_failure(request, account["email_key"], address)
+        raise Problem(403, "The password is wrong.")
+
+
+async def export_account(request: web.Request) -> web.Response:
+    """Everything the account holds, as one JSON download: streamed, so a large one costs no
+    memory, and read a page of tasks at a time, so no connection waits on a slow client."""
+    user_id = request[USER_ID]
+    async with connection(request) as conn:
+        user = await queries.get_user(conn, user_id=user_id)
+        identity = await queries.get_identity(conn, user_id=user_id)
+        sessions = await queries.list_sessions(conn, user_id=user_id)
+        api_tokens = await queries.list_api_tokens(conn, user_id=user_id)
+    if user is None or identity is None:
+        raise unauthorized("The token's user no longer exists.")
+    head = {
+        "exported_at": datetime.now(UTC),
+        "account": user_document(user),
+        "identity": (
+            {"issuer": identity["auth_issuer"], "subject": identity["auth_subject"]}
+            if identity["auth_issuer"] is not None
+            else None
+        ),
+        "sessions": [dict(row.items()) for row in sessions],
+        "api_tokens": [api_token_document(row) for row in api_tokens],
+    }
+    # A body that aiohttp writes chunk by chunk once every middleware has added its headers.
+    return web.Response(
+        body=_export_body(request, user_id, head),
+        content_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="task-api-account-{user_id}.json"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def _exported(row: Any) -> dict[str, Any]:
+    return {**task_document(row), "trashed": row["deleted_at"] is not None, "deleted_at": row["deleted_at"]}
+
+
+async def _export_body(request: web.Request, user_id: int, head: dict[str, Any]) -> AsyncIterator[bytes]:
+    try:
+        # The head object with its closing brace replaced by the start of the task list.
+        yield orjson.dumps(head, option=orjson.OPT_UTC_Z)[:-1] + b',"tasks":['
+        after, separator = 0, b""
+        while True:
+            async with connection(request) as conn:
+                rows = await queries.export_tasks(
+                    conn, user_id=user_id, after_id=after, page_size=EXPORT_PAGE_SIZE
+                )
+            if rows:
+                page = b",".join(orjson.dumps(_exported(row), option=orjson.OPT_UTC_Z) for row in rows)
+                yield separator + page  # resumed once the client has taken the previous page
+                after, separator = rows[-1]["id"], b","
+            if len(rows) < EXPORT_PAGE_SIZE:
+                break
+        yield b"]}"
+    except Exception as error:
+        # The 200 has gone out: the client must see a cut connection, never a complete-looking
+        # document, so no closing bracket and no end of the chunked body.
+        log.warning("account export cut short", extra={"user_id": user_id, "error": type(error).__name__})
+        if request.transport is not None:
+            request.transport.close()

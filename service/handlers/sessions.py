@@ -184,8 +184,9 @@ async def logout(request: web.Request) -> web.Response:
         if session_id is None:
             raise Problem(
                 403,
-                "This token belongs to no session (it was minted by `python -m service token`), so "
-                "there is nothing to end; it stops working when it expires.",
+                "This token belongs to no session here (it was minted by `python -m service token`, or"
+                " comes from the identity provider), so there is nothing to end; it stops working when"
+                " it expires.",
             )
     async with connection(request) as conn:
         await _revoke(request, conn, user_id, session_id=session_id)
