@@ -9,6 +9,7 @@ deadline is in schemas.load_body, where bodies are read.
 import asyncio
 import logging
 import resource
+import uuid
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -191,14 +192,23 @@ class _Connection(web.RequestHandler):
             raise ConnectionError("an answer was already being sent")
         title = HTTPStatus(status).phrase
         detail = "The request is not valid HTTP/1.1." if status == 400 else "The request failed."
+        # No middleware ran, so no request id was taken or made: make one here, as every answer
+        # carries one (nothing of the request's own headers can be trusted to have been read).
+        request_id = uuid.uuid4().hex
         body = orjson.dumps(
-            {"type": "about:blank", "title": title, "status": status, "detail": detail, "request_id": ""}
+            {
+                "type": "about:blank",
+                "title": title,
+                "status": status,
+                "detail": detail,
+                "request_id": request_id,
+            }
         )
         response = web.Response(
             status=status,
             body=body,
             content_type="application/problem+json",
-            headers={"Server": SERVER, "X-Content-Type-Options": "nosniff"},
+            headers={"Server": SERVER, "X-Content-Type-Options": "nosniff", "X-Request-Id": request_id},
         )
         response.force_close()
         return response

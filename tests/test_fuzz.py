@@ -207,6 +207,7 @@ def map_case(context: HookContext, case: Case) -> Case:
         for operation in case.body["operations"]:
             if isinstance(operation, dict):
                 operation.pop("if_match", None)
+                operation.pop("ifMatch", None)
     return case
 
 
