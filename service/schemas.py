@@ -307,7 +307,14 @@ def task_document(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class TaskListQuery(Schema):
+class QueryString(Schema):
+    """A query string: snake_case names only (they are the spec's); parameters in REPEATABLE may
+    be given more than once, the rest at most once (load_query)."""
+
+    REPEATABLE: frozenset[str] = frozenset()
+
+
+class TaskListQuery(QueryString):
     """The query string of GET /api/{user_id}/tasks. Its names stay snake_case only: they are
     the spec's, and the lowerCamelCase spellings are the JSON mapping's, for bodies."""
 
@@ -360,23 +367,19 @@ class DeleteOperation(_OnTask):
     pass
 
 
-class ChangesQuery(Schema):
+class ChangesQuery(QueryString):
     """The query string of GET /api/{user_id}/changes."""
 
     since = fields.String(validate=validate.Length(min=1, max=1024))
     limit = fields.Integer(load_default=500, validate=validate.Range(min=1, max=1000))
     wait = fields.Integer(validate=validate.Range(min=1, max=60))
 
-    REPEATABLE: frozenset[str] = frozenset()
 
-
-class TrashQuery(Schema):
+class TrashQuery(QueryString):
     """The query string of GET /api/{user_id}/trash."""
 
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=200))
     cursor = fields.String(validate=validate.Length(max=1024))
-
-    REPEATABLE: frozenset[str] = frozenset()
 
 
 # The IANA zone names, as the tzdata package lists them: the list zoneinfo itself reads, and the
@@ -523,7 +526,7 @@ async def _read_body(request: web.Request) -> bytes:
         raise Problem(408, "The request body did not arrive in time.") from None
 
 
-def load_query(request: web.Request, schema: TaskListQuery | ChangesQuery | TrashQuery) -> dict[str, Any]:
+def load_query(request: web.Request, schema: QueryString) -> dict[str, Any]:
     """The query string, validated by `schema`; a parameter given twice must be repeatable."""
     given: dict[str, Any] = {}
     for name in request.query:
