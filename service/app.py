@@ -16,6 +16,7 @@ from service.keys import (
     ACCOUNT_LIMITER,
     ADDRESS_LIMITER,
     CHANGE_WAITERS,
+    DRAINING,
     LISTENER,
     LOGIN_LIMITER,
     METRICS_PAGE,
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS_PAGE] = MetricsPage()
     app[CHANGE_WAITERS] = ChangeWaiters()
     app[CHANGE_WAITERS].subscribe(app[LISTENER])
+    app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(listener)
     app.cleanup_ctx.append(chores)

@@ -35,6 +35,7 @@ ADDRESS_LIMITER = web.AppKey["RateLimiter"]("ADDRESS_LIMITER")  # logins and sig
 LOGIN_LIMITER = web.AppKey["RateLimiter"]("LOGIN_LIMITER")  # failed passwords per account and address
 ACCOUNT_LIMITER = web.AppKey["RateLimiter"]("ACCOUNT_LIMITER")  # failed passwords per account
 METRICS_PAGE = web.AppKey["MetricsPage"]("METRICS_PAGE")  # /metrics, rendered at most once a second
+DRAINING = web.AppKey("DRAINING", asyncio.Event)  # set on SIGTERM: /readyz answers 503, the rest goes on
 
 USER_ID = web.RequestKey("USER_ID", int)
 SESSION_ID = web.RequestKey[str | None]("SESSION_ID")  # the token's session; none for minted ones
