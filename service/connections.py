@@ -9,6 +9,7 @@ deadline is in schemas.load_body, where bodies are read.
 import asyncio
 import logging
 import resource
+import uuid
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -17,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from service.headers import SERVER
-from service.logs import AccessLogger
+from service.logs import REQUEST_ID_HEADER, AccessLogger
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -191,14 +192,23 @@ class _Connection(web.RequestHandler):
             raise ConnectionError("an answer was already being sent")
         title = HTTPStatus(status).phrase
         detail = "The request is not valid HTTP/1.1." if status == 400 else "The request failed."
+        # Every answer carries a request id (openapi.yaml), this one too: a fresh one, since the
+        # request's own could not be read.
+        request_id = uuid.uuid4().hex
         body = orjson.dumps(
-            {"type": "about:blank", "title": title, "status": status, "detail": detail, "request_id": ""}
+            {
+                "type": "about:blank",
+                "title": title,
+                "status": status,
+                "detail": detail,
+                "request_id": request_id,
+            }
         )
         response = web.Response(
             status=status,
             body=body,
             content_type="application/problem+json",
-            headers={"Server": SERVER, "X-Content-Type-Options": "nosniff"},
+            headers={"Server": SERVER, "X-Content-Type-Options": "nosniff", REQUEST_ID_HEADER: request_id},
         )
         response.force_close()
         return response
