@@ -28,8 +28,8 @@ migrate: $(STAMP) ## apply pending migrations to DATABASE_URL (embedded in .dev/
 	$(PY) -m service migrate --dev
 
 lint: $(STAMP) ## ruff and mypy
-	$(PY) -m ruff check service tests .ci bench
-	$(PY) -m ruff format --check service tests .ci bench
+	$(PY) -m ruff check service tests .ci bench deploy
+	$(PY) -m ruff format --check service tests .ci bench deploy
 	$(PY) -m mypy service
 
 .PHONY: bench

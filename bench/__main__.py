@@ -1,7 +1,7 @@
-"""`python -m bench`: a fresh database, seeded with COPY; the SQL ceiling with pgbench; the service
-started as in production and loaded with wrk, scenario by scenario; one table, saved as JSON
-and PNG under bench/results/. Everything it starts is stopped, and the database dropped, at
-the end, even on failure."""
+"""`python -m bench`: a fresh database, seeded with COPY; the SQL ceiling with pgbench; the bare
+reference app (bench/bare.py) and then the service, started as in production, loaded with wrk
+scenario by scenario; one table, saved as JSON and PNG under bench/results/. Everything it
+starts is stopped, and the database dropped, at the end, even on failure."""
 
 import argparse
 import dataclasses
@@ -36,6 +36,7 @@ from bench.report import (
     LOAD_CONNECTIONS,
     MANY_CLIENTS,
     RESULTS_DIR,
+    batch_summary,
     evaluate_targets,
     format_table,
     format_targets,
@@ -50,9 +51,11 @@ from service.devdb import EmbeddedPostgresError
 
 log = logging.getLogger("bench")
 
-SCENARIOS = ("list", "deep", "get", "create", "update", "complete", "delete", "mix")
+SCENARIOS = ("list", "deep", "get", "changes", "create", "batch", "update", "complete", "delete", "mix")
 # Which scenarios also run with a thousand clients.
 MANY_CLIENT_SCENARIOS = ("list", "get", "mix")
+# Which the bare reference app runs too, at the load's connections.
+BARE_SCENARIOS = ("list", "get", "create")
 # Room per worker beyond an even share of the connections: SO_REUSEPORT does not deal them
 # out evenly, and a request that waits for a pooled connection measures the pool, not the service.
 POOL_HEADROOM = 1.25
@@ -63,6 +66,8 @@ SETTLE_SECONDS = 3
 DELETES_PER_SECOND_PROVISIONED = 6000
 ROW_NAMES = {"deep": "list deep page"}
 PROFILED_SCENARIOS = ("list", "get")
+# The log levels of the service's lines the report keeps and counts.
+LOGGED_PROBLEMS = ("WARNING", "ERROR", "CRITICAL")
 # Busier than this before the run (% of all cores), the machine is not quiet enough to trust.
 BUSY_MACHINE_PERCENT = 10
 
@@ -101,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}"
     )
     parser.add_argument(
+        "--no-bare", action="store_true", help="skip the bare reference app (no service ÷ bare ratios)"
+    )
+    parser.add_argument(
         "--soak", type=float, default=0, help="also run the mix this many seconds, sampling RSS"
     )
     parser.add_argument(
@@ -122,6 +130,7 @@ class Options:
     many_clients: int
     threads: int
     scenarios: tuple[str, ...]
+    bare: bool
     soak: float
     profile: bool
     results_dir: Path
@@ -165,6 +174,7 @@ class Options:
             many_clients=args.many_clients,
             threads=args.threads,
             scenarios=scenarios,
+            bare=not args.no_bare,
             soak=args.soak,
             profile=args.profile,
             results_dir=args.results_dir,
@@ -234,12 +244,53 @@ def _ceiling(run: Run, database_url: str, dataset: Dataset, work_dir: Path) -> N
             run.measurements.append(Measurement.not_run(name, options.connections, "pgbench", str(error)))
 
 
-def _load(run: Run, service: ServiceProcess, dataset: Dataset, work_dir: Path) -> None:
+def _bare(run: Run, database_url: str, secret: str, data_file: Path, work_dir: Path) -> None:
+    """The bare reference app on the same data, workers and pool: list, get and create, before
+    the service starts (so nothing else holds the cores), each row the divisor of the service's."""
+    options = run.options
+    scenarios = [scenario for scenario in BARE_SCENARIOS if scenario in options.scenarios]
+    if not options.bare or not scenarios:
+        return
+    log.info("starting the bare reference app: %d workers, pool %d each", options.workers, options.pool_size)
+    bare = ServiceProcess(
+        database_url=database_url, jwt_secret=secret, workers=options.workers,
+        pool_size=options.pool_size, log_path=work_dir / "bare.log", bare=True,
+    )  # fmt: skip
+
+    def load(scenario: str, seconds: float) -> Measurement:
+        return run_wrk(
+            base_url=bare.base_url, scenario=scenario, connections=options.connections, seconds=seconds,
+            threads=options.threads, data_file=data_file, label=f"bare {scenario}",
+        )  # fmt: skip
+
+    try:
+        with bare:
+            if options.warmup > 0:
+                log.info(
+                    "warming the bare app up with get @%d for %.0f s", options.connections, options.warmup
+                )
+                load("get", options.warmup)
+            for scenario in scenarios:
+                log.info("running bare %s @%d for %.0f s", scenario, options.connections, options.duration)
+                clock = CpuClock(bare.worker_pids(), run.postmaster_pid).start()
+                try:
+                    measurement = load(scenario, options.duration)
+                except WrkError as error:
+                    log.warning("%s", error)
+                    measurement = Measurement.not_run(
+                        f"bare {scenario}", options.connections, "wrk", str(error)
+                    )
+                measurement.cpu = clock.stop()
+                run.measurements.append(measurement)
+                time.sleep(PAUSE_BETWEEN_RUNS_SECONDS)
+    except (ServiceError, WrkError) as error:
+        log.warning("the bare app: %s", error)
+        run.notes.append(f"the bare reference app did not run: {str(error)[:300]}")
+
+
+def _load(run: Run, service: ServiceProcess, dataset: Dataset, data_file: Path, deletable_file: Path) -> None:
     """Warm up, then each scenario in turn, then the soak if asked for."""
     options = run.options
-    data_file, deletable_file = work_dir / "scenario-data.txt", work_dir / "deletable-tasks.txt"
-    dataset.write_scenario_data(data_file)
-    dataset.write_deletable_tasks(deletable_file)
 
     def load(scenario: str, connections: int, seconds: float, **extra: Any) -> Measurement:
         return run_wrk(
@@ -333,6 +384,10 @@ def execute(run: Run, server_url: str | None) -> None:
         dataset = seed(database_url, options.plan, secret, TOKEN_TTL_SECONDS)
         run.notes.append(f"seeded in {time.monotonic() - started:.1f} s with COPY")
         _ceiling(run, database_url, dataset, work_dir)
+        data_file, deletable_file = work_dir / "scenario-data.txt", work_dir / "deletable-tasks.txt"
+        dataset.write_scenario_data(data_file)
+        dataset.write_deletable_tasks(deletable_file)
+        _bare(run, database_url, secret, data_file, work_dir)
         log.info("starting the service: %d workers, pool %d each", options.workers, options.pool_size)
         service = ServiceProcess(
             database_url=database_url, jwt_secret=secret, workers=options.workers,
@@ -344,7 +399,7 @@ def execute(run: Run, server_url: str | None) -> None:
             run.memory["workers"] = service.worker_pids()
             run.memory["before_kib"] = service.worker_rss_kib()
             try:
-                _load(run, service, dataset, work_dir)
+                _load(run, service, dataset, data_file, deletable_file)
             finally:
                 run.memory["after_kib"] = service.worker_rss_kib()
                 _keep_service_log(run, service.log_path)
@@ -354,20 +409,27 @@ def execute(run: Run, server_url: str | None) -> None:
 
 
 def _keep_service_log(run: Run, log_path: Path) -> None:
-    """Copy the service's log (warnings and errors only) beside the results, and count them."""
+    """Keep the service's warnings and errors beside the results, and count them. At INFO the
+    log has a line per request (hundreds of MB in a full run): it is read a line at a time and
+    only those are kept."""
+    kept = run.options.results_dir / f"{run.stamp}-service.log"
+    counts: dict[str, int] = {}
+    last: dict[str, str] = {}
     try:
-        text = log_path.read_text(errors="replace")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open(errors="replace") as log_file, kept.open("w") as kept_file:
+            for line in log_file:
+                level = next((name for name in LOGGED_PROBLEMS if f'"level":"{name}"' in line), None)
+                if level is not None:
+                    kept_file.write(line)
+                    counts[level] = counts.get(level, 0) + 1
+                    last[level] = line.strip()
     except OSError:
         return
-    kept = run.options.results_dir / f"{run.stamp}-service.log"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_text(text)
-    for level in ("WARNING", "ERROR"):
-        lines = [line for line in text.splitlines() if f'"level":"{level}"' in line]
-        if lines:
-            run.notes.append(
-                f"the service logged {len(lines)} {level} lines ({_shown(kept)}); last: {lines[-1][:300]}"
-            )
+    for level, count in counts.items():
+        run.notes.append(
+            f"the service logged {count} {level} lines ({_shown(kept)}); last: {last[level][:300]}"
+        )
 
 
 def _git_revision() -> str:
@@ -398,10 +460,14 @@ def report(run: Run, started_at: str, elapsed: float) -> None:
     options = run.options
     targets = evaluate_targets(run.measurements, options.connections, options.many_clients)
     print()
-    print(format_table(run.measurements))
+    table = format_table(run.measurements, options.connections, options.many_clients)
+    batch = batch_summary(run.measurements, options.connections)
+    print(table)
     print()
-    print("targets (issue 5):")
+    print("targets (issue 15; the deep page's, issue 5):")
     print(format_targets(targets))
+    if batch is not None:
+        print(f"batch: {batch}")
     print()
     for line in _memory_lines(run.memory):
         print(line)
@@ -433,7 +499,8 @@ def report(run: Run, started_at: str, elapsed: float) -> None:
         else None,
         "profiles": [dataclasses.asdict(profile) for profile in run.profiles],
         "notes": notes,
-        "table": format_table(run.measurements),
+        "batch": batch,
+        "table": table,
     }
     json_path = options.results_dir / f"{run.stamp}.json"
     save_json(json_path, record)

@@ -74,6 +74,10 @@ def get_statement() -> tuple[str, list[str]]:
     return _named_query("get_task")
 
 
+def create_statement() -> tuple[str, list[str]]:
+    return _named_query("create_task")
+
+
 def pgbench_script(sql: str, names: list[str], dataset: Dataset) -> tuple[str, list[str]]:
     """A pgbench script running `sql` for a random seeded user and task, and notes on it."""
     first_user, users = dataset.first_user_id, len(dataset.users)

@@ -17,14 +17,23 @@ end
 failures = {}       -- HTTP status >= 400 -> count
 exhausted = false   -- the delete scenario ran out of tasks to delete
 
-local users = {}     -- ordinary users: {id, first, last, headers, json_headers}
+local users = {}     -- ordinary users: {id, first, last, headers, json_headers, feed_headers}
 local heavy_user
 local deletable = {} -- this thread's share of the deletable tasks: {user, task_id}
 local next_deletable = 1
 local created = {}   -- the mix's own new tasks, {user_id, task_id}, deleted later by the mix
 local by_id = {}
+local cursors = {}   -- user id -> the cursor of the last change-feed answer this thread had for it
 local make_request
 local scenario
+
+-- 100 creates in one batch request; the same body every time (titles need not be unique).
+local BATCH_SIZE = 100
+local batch_operations = {}
+for i = 1, BATCH_SIZE do
+   batch_operations[i] = '{"op": "create", "task": {"title": "Bench batch task ' .. i .. '"}}'
+end
+local batch_body = '{"operations": [' .. table.concat(batch_operations, ", ") .. ']}'
 
 local function random_user()
    return users[math.random(#users)]
@@ -58,6 +67,24 @@ local function update(user)
    user = user or random_user()
    local body = '{"title": "Renamed by the benchmark ' .. math.random(1000000) .. '"}'
    return wrk.format("PUT", task_path(user.id, random_task(user)), user.json_headers, body)
+end
+
+local function batch(user)
+   user = user or random_user()
+   return wrk.format("POST", "/api/" .. user.id .. "/tasks/batch", user.json_headers, batch_body)
+end
+
+local function changes()
+   -- A client polling the change feed with the cursor of its previous answer (none at first:
+   -- the whole state). The answer does not say whose it is, so the request id, which the
+   -- service echoes, carries the user: response() files the new cursor under it.
+   local user = random_user()
+   local path = "/api/" .. user.id .. "/changes"
+   local cursor = cursors[user.id]
+   if cursor then
+      path = path .. "?since=" .. cursor
+   end
+   return wrk.format("GET", path, user.feed_headers)
 end
 
 local function complete(user)
@@ -109,7 +136,7 @@ end
 
 local scenarios = {
    list = list, get = get, create = create, update = update, complete = complete,
-   delete = delete_seeded, deep = deep_page, mix = mix,
+   delete = delete_seeded, deep = deep_page, mix = mix, batch = batch, changes = changes,
 }
 
 local function read_users(path)
@@ -120,6 +147,7 @@ local function read_users(path)
             id = tonumber(id), first = tonumber(first), last = tonumber(last),
             headers = {["Authorization"] = "Bearer " .. token},
             json_headers = {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"},
+            feed_headers = {["Authorization"] = "Bearer " .. token, ["X-Request-Id"] = "feed-" .. id},
          }
          by_id[user.id] = user
          if kind == "user" then
@@ -163,6 +191,12 @@ end
 function response(status, headers, body)
    if status >= 400 then
       failures[status] = (failures[status] or 0) + 1
+   elseif scenario == "changes" then
+      local user_id = (headers["X-Request-Id"] or headers["x-request-id"] or ""):match("^feed%-(%d+)$")
+      local cursor = body:match('"cursor":%s*"([%w_-]+)"')
+      if user_id and cursor then
+         cursors[tonumber(user_id)] = cursor
+      end
    elseif status == 201 and scenario == "mix" then
       local task_id = body:match('"id":%s*(%d+)')
       local user_id = body:match('"user_id":%s*(%d+)')

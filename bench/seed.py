@@ -1,20 +1,14 @@
-"""Seeding the benchmark database with COPY, minting a token per user, and writing the data
-file the wrk scripts pick users, tokens and task ids from."""
+"""Seeding the benchmark database (with service/seed.py, as `python -m service seed` does), minting
+a token per user, and writing the data file the wrk scripts pick users, tokens and task ids from."""
 
-import asyncio
 import dataclasses
 import random
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import argon2
-import asyncpg
-
 from service.auth import mint_token
+from service.seed import SeededUser
+from service.seed import seed as service_seed
 
-# Seeded tasks start this long ago, one second apart, so "newest first" is a real order.
-HISTORY_START = timedelta(days=30)
 SHUFFLE_SEED = 5
 
 
@@ -33,7 +27,7 @@ class SeedPlan:
 
 
 @dataclasses.dataclass(frozen=True)
-class SeededUser:
+class BenchUser:
     user_id: int
     first_task_id: int
     last_task_id: int
@@ -49,9 +43,9 @@ class Dataset:
     them changes no list or get.
     """
 
-    users: list[SeededUser]
-    heavy_user: SeededUser
-    deletable_users: list[SeededUser]
+    users: list[BenchUser]
+    heavy_user: BenchUser
+    deletable_users: list[BenchUser]
     tasks_per_user: int
 
     @property
@@ -93,95 +87,34 @@ class Dataset:
         path.write_text("".join(f"{user_id} {task_id}\n" for user_id, task_id in pairs))
 
 
-def _task_rows(
-    user_ids: list[int], tasks_each: int, start: datetime, with_completed_at: bool
-) -> Iterator[tuple[object, ...]]:
-    """Rows in id order: each user's tasks together, each one a second newer than the last."""
-    moment = start
-    for user_id in user_ids:
-        for number in range(1, tasks_each + 1):
-            moment += timedelta(seconds=1)
-            completed = number % 3 == 0
-            description = (
-                None
-                if number % 4 == 0
-                else f"Seeded task {number} of user {user_id}: a description of an ordinary length."
-            )
-            row: tuple[object, ...] = (
-                user_id, f"Task {number}: check the weekly report", description, completed, moment, moment,
-            )  # fmt: skip
-            if with_completed_at:
-                row += (moment if completed else None,)
-            yield row
-
-
-async def _seed(database_url: str, plan: SeedPlan, password_hash: str) -> list[asyncpg.Record]:
+def seed(database_url: str, plan: SeedPlan, secret: str, token_ttl_seconds: int) -> Dataset:
+    """Seed the plan's users and tasks (service/seed.py: COPY, and the task counters) and mint
+    each user a token signed with `secret`."""
     # As many owners of deletable tasks as ordinary users, so that deleting them runs into the
     # per-user write limit (RATE_LIMIT_WRITES) no sooner than the other writes do.
-    deletable_users = min(plan.users, plan.deletable_tasks)
-    user_count = plan.users + 1 + deletable_users
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with conn.transaction():
-            await conn.copy_records_to_table(
-                "users",
-                columns=["email", "name", "password_hash"],
-                records=(
-                    (f"bench-{n}@example.com", f"Bench user {n}", password_hash) for n in range(user_count)
-                ),
-            )
-            user_ids = [row["id"] for row in await conn.fetch("SELECT id FROM users ORDER BY id")]
-            ordinary, heavy, deletable = (
-                user_ids[: plan.users],
-                user_ids[plan.users],
-                user_ids[plan.users + 1 :],
-            )
-            # The schema is still growing; fill completed_at when it is there, as the service would.
-            with_completed_at = bool(
-                await conn.fetchval(
-                    "SELECT count(*) FROM information_schema.columns "
-                    "WHERE table_name = 'tasks' AND column_name = 'completed_at'"
-                )
-            )
-            columns = ["user_id", "title", "description", "completed", "created_at", "updated_at"]
-            columns += ["completed_at"] if with_completed_at else []
-            start = datetime.now(UTC) - HISTORY_START
-            groups = [(ordinary, plan.tasks_per_user), ([heavy], plan.heavy_user_tasks)]
-            if deletable:
-                groups.append((deletable, -(-plan.deletable_tasks // len(deletable))))
-            for group_user_ids, tasks_each in groups:
-                await conn.copy_records_to_table(
-                    "tasks",
-                    columns=columns,
-                    records=_task_rows(group_user_ids, tasks_each, start, with_completed_at),
-                )
-                start += timedelta(seconds=len(group_user_ids) * tasks_each)
-        # Fresh statistics and a visibility map, as a database that has lived for a while has.
-        await conn.execute("VACUUM ANALYZE users")
-        await conn.execute("VACUUM ANALYZE tasks")
-        return await conn.fetch(
-            "SELECT user_id, min(id) AS first, max(id) AS last, count(*) AS count "
-            "FROM tasks GROUP BY user_id ORDER BY user_id"
-        )
-    finally:
-        await conn.close()
+    deletable_owners = min(plan.users, plan.deletable_tasks)
+    groups = [(plan.users, plan.tasks_per_user), (1, plan.heavy_user_tasks)]
+    if deletable_owners:
+        groups.append((deletable_owners, -(-plan.deletable_tasks // deletable_owners)))
+    seeded = service_seed(database_url, groups)
+    ordinary, (heavy,), deletable = seeded[0], seeded[1], seeded[2] if deletable_owners else []
 
+    def with_token(user: SeededUser) -> BenchUser:
+        if user.first_task_id is None or user.last_task_id is None:
+            raise SeedError(f"user {user.user_id} has no tasks")
+        if user.last_task_id - user.first_task_id + 1 != user.tasks:
+            raise SeedError(f"user {user.user_id}'s task ids are not contiguous")
+        token = mint_token(user.user_id, secret, token_ttl_seconds)
+        return BenchUser(user.user_id, user.first_task_id, user.last_task_id, token)
 
-def seed(database_url: str, plan: SeedPlan, secret: str, token_ttl_seconds: int) -> Dataset:
-    """Seed the plan's users and tasks with COPY and mint each user a token signed with `secret`."""
-    # One real hash for everyone: nobody logs in during the run, but the column should look real.
-    password_hash = argon2.PasswordHasher().hash("bench password")
-    ranges = asyncio.run(_seed(database_url, plan, password_hash))
-    users = []
-    for row in ranges:
-        if row["last"] - row["first"] + 1 != row["count"]:
-            raise SeedError(f"user {row['user_id']}'s task ids are not contiguous")
-        token = mint_token(row["user_id"], secret, token_ttl_seconds)
-        users.append(SeededUser(row["user_id"], row["first"], row["last"], token))
-    ordinary, heavy, deletable = users[: plan.users], users[plan.users], users[plan.users + 1 :]
-    dataset = Dataset(ordinary, heavy, deletable, plan.tasks_per_user)
+    dataset = Dataset(
+        [with_token(user) for user in ordinary],
+        with_token(heavy),
+        [with_token(user) for user in deletable],
+        plan.tasks_per_user,
+    )
     # pgbench derives a task id from a user id: first_task_id + (user - first_user) * tasks + k.
-    for user in ordinary:
+    for user in dataset.users:
         expected = dataset.first_task_id + (user.user_id - dataset.first_user_id) * plan.tasks_per_user
         if user.first_task_id != expected or user.user_id - dataset.first_user_id >= plan.users:
             raise SeedError(f"user {user.user_id}'s tasks do not start at id {expected}")

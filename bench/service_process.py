@@ -1,5 +1,6 @@
 """The service under test, started as production starts it (`python -m service serve --workers N`)
-in a process of its own, waited for on /readyz, and stopped with SIGTERM."""
+in a process of its own, waited for on /readyz, and stopped with SIGTERM; or, the same way, the
+bare reference app (bench/bare.py)."""
 
 import contextlib
 import os
@@ -59,10 +60,22 @@ def _listening_socket_inodes(port: int) -> set[str]:
 
 
 class ServiceProcess:
-    """`python -m service serve` on 127.0.0.1:`port`, its output kept in `log_path`."""
+    """`python -m service serve` (or, `bare`, `python -m bench.bare`) on 127.0.0.1:`port`, its
+    output kept in `log_path`."""
 
-    def __init__(self, *, database_url: str, jwt_secret: str, workers: int, pool_size: int, log_path: Path):
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        jwt_secret: str,
+        workers: int,
+        pool_size: int,
+        log_path: Path,
+        bare: bool = False,
+    ):
         self.workers = workers
+        app = ["bench.bare"] if bare else ["service", "serve"]
+        self.command = [sys.executable, "-m", *app, "--workers", str(workers)]
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -72,8 +85,11 @@ class ServiceProcess:
             "JWT_SECRET": jwt_secret,
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
-            "LOG_LEVEL": "WARNING",
+            # As a user deploys it: an access line per request, and one per write.
+            "LOG_LEVEL": "INFO",
             "MIGRATE_ON_START": "0",
+            # No load balancer to drain for: stop at once.
+            "SHUTDOWN_DRAIN_SECONDS": "0",
             # Every in-flight request at 64 connections gets a connection without queueing.
             "DB_POOL_MIN_SIZE": str(pool_size),
             "DB_POOL_MAX_SIZE": str(pool_size),
@@ -99,7 +115,7 @@ class ServiceProcess:
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--workers", str(self.workers)],
+                self.command,
                 cwd=PROJECT_DIR,
                 env=self.environment,
                 stdin=subprocess.DEVNULL,

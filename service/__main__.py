@@ -1,4 +1,4 @@
-"""Command line: `python -m service serve | migrate | token`, for operators and harnesses."""
+"""Command line: `python -m service serve | migrate | token | seed`, for operators and harnesses."""
 
 import argparse
 import logging
@@ -7,7 +7,9 @@ import secrets
 import sys
 from collections.abc import Mapping
 from contextlib import ExitStack
+from pathlib import Path
 
+import asyncpg
 import psycopg
 import yoyo.exceptions
 
@@ -15,6 +17,7 @@ from service.auth import mint_token
 from service.db import PROJECT_DIR, hide_password, migrate
 from service.devdb import EmbeddedPostgres, EmbeddedPostgresError
 from service.logs import configure_logging
+from service.seed import seed, write_tokens
 from service.settings import Settings, SettingsError, jwt_issuer_from_env, jwt_secret_from_env
 from service.workers import CannotListen, listening, serve
 
@@ -79,7 +82,62 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--dev", action="store_true", help="sign with the development secret when JWT_SECRET is unset"
     )
+    seed_command = commands.add_parser(
+        "seed",
+        help="add users and their tasks to DATABASE_URL through COPY (migrating first, unless"
+        " MIGRATE_ON_START=0) and write a token for each, for load-testing harnesses",
+    )
+    seed_command.add_argument("--users", type=_positive, required=True, help="users to add")
+    seed_command.add_argument(
+        "--tasks-per-user", type=_positive_or_zero, required=True, help="tasks each of them gets"
+    )
+    seed_command.add_argument(
+        "--tokens", type=Path, required=True, help="CSV file to write: a user_id,token line per user"
+    )
+    seed_command.add_argument(
+        "--ttl", type=_positive, default=None, help="seconds the tokens last (default JWT_TTL_SECONDS)"
+    )
+    seed_command.add_argument("--dev", action="store_true", help=dev_help)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = _positive_or_zero(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_or_zero(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _seed(args: argparse.Namespace, settings: Settings) -> int:
+    """Users and tasks through COPY, then their tokens (no sessions, like `token`)."""
+    folder = args.tokens.resolve().parent
+    if not os.access(folder, os.W_OK):  # found out before seeding, not after
+        log.error("cannot write the tokens file: %s is not a writable folder", folder)
+        return 1
+    try:
+        (users,) = seed(settings.database_url, [(args.users, args.tasks_per_user)])
+    except (OSError, asyncpg.PostgresError) as error:
+        log.error(
+            "cannot seed %s: %s", hide_password(settings.database_url), str(error) or type(error).__name__
+        )
+        return 1
+    ttl = args.ttl if args.ttl is not None else settings.jwt_ttl_seconds
+    write_tokens(args.tokens, users, settings.jwt_secret, ttl, issuer=settings.jwt_issuer)
+    log.info(
+        "seeded users and tasks; their tokens are in the CSV file",
+        extra={"users": len(users), "tasks_per_user": args.tasks_per_user, "tokens": str(args.tokens)},
+    )
+    return 0
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -124,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             log.error("cannot migrate %s: %s", hide_password(settings.database_url), reason)
             return 1
+        if args.command == "seed":
+            return _seed(args, settings)
         if args.command == "serve":
             log.info("serving", extra={"host": settings.host, "port": settings.port, "workers": args.workers})
             return serve(settings, sockets)

@@ -19,6 +19,7 @@ from service.keys import (
     ADDRESS_LIMITER,
     API_TOKENS,
     CHANGE_WAITERS,
+    DRAINING,
     IDENTITY_PROVIDER,
     LISTENER,
     LOGIN_LIMITER,
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(add_cors_headers)
     app[IDENTITY_PROVIDER] = IdentityProvider(settings) if settings.auth_jwks_url else None
     app[API_TOKENS] = ApiTokens()
+    app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(listener)
     app.cleanup_ctx.append(chores)

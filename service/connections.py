@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from service.headers import SERVER
-from service.logs import AccessLogger
+from service.logs import REQUEST_ID_HEADER, AccessLogger
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,8 @@ class _Connection(web.RequestHandler):
             raise ConnectionError("an answer was already being sent")
         title = HTTPStatus(status).phrase
         detail = "The request is not valid HTTP/1.1." if status == 400 else "The request failed."
-        # No middleware ran, so no request id was taken or made: make one here, as every answer
-        # carries one (nothing of the request's own headers can be trusted to have been read).
+        # Every answer carries a request id (openapi.yaml), this one too: a fresh one, since the
+        # request's own could not be read.
         request_id = uuid.uuid4().hex
         body = orjson.dumps(
             {
@@ -208,7 +208,7 @@ class _Connection(web.RequestHandler):
             status=status,
             body=body,
             content_type="application/problem+json",
-            headers={"Server": SERVER, "X-Content-Type-Options": "nosniff", "X-Request-Id": request_id},
+            headers={"Server": SERVER, "X-Content-Type-Options": "nosniff", REQUEST_ID_HEADER: request_id},
         )
         response.force_close()
         return response

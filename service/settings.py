@@ -56,6 +56,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     migrate_on_start: bool = True
     shutdown_timeout: float = 30.0
+    shutdown_drain_seconds: int = 5
     metrics_token: str = dataclasses.field(default="", repr=False)
     metrics_public: bool = False
     cors_origins: tuple[str, ...] = ()
@@ -133,6 +134,9 @@ class Settings:
             max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
             migrate_on_start=reader.boolean("MIGRATE_ON_START", cls.migrate_on_start),
             shutdown_timeout=reader.number("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
+            shutdown_drain_seconds=reader.integer(
+                "SHUTDOWN_DRAIN_SECONDS", cls.shutdown_drain_seconds, minimum=0, maximum=300
+            ),
             metrics_token=reader.text("METRICS_TOKEN", ""),
             metrics_public=reader.boolean("METRICS_PUBLIC", cls.metrics_public),
             cors_origins=reader.origins("CORS_ORIGINS"),

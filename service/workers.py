@@ -19,6 +19,7 @@ from aiohttp import web
 
 from service.app import create_app
 from service.connections import ConnectionGuard, connection_cap
+from service.keys import DRAINING
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -122,14 +123,14 @@ def serve(settings: Settings, sockets: Sequence[list[socket.socket]]) -> int:
 
 def _serve_one(settings: Settings, sockets: list[socket.socket]) -> None:
     """Serve on `sockets` until SIGTERM or SIGINT, as aiohttp's run_app does, but with the
-    connection guard as the listening sockets' protocol factory."""
+    connection guard as the listening sockets' protocol factory, and a drain first."""
     configure_logging(settings.log_level_number, settings.log_format)  # a spawned worker starts bare
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     main = loop.create_task(_serve(settings, sockets))
     try:
         loop.run_until_complete(main)
-    except (web.GracefulExit, KeyboardInterrupt):
+    except KeyboardInterrupt:  # before the signal handlers were in place
         pass
     finally:
         if not main.done():
@@ -145,23 +146,41 @@ def _serve_one(settings: Settings, sockets: list[socket.socket]) -> None:
 
 
 async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
-    # On SIGTERM or SIGINT the runner raises GracefulExit; the main task is then cancelled and
-    # cleans up here: it stops accepting, lets in-flight requests finish within
-    # SHUTDOWN_TIMEOUT, then runs the cleanup contexts (closing the pool).
-    runner = web.AppRunner(
-        create_app(settings), handle_signals=True, shutdown_timeout=settings.shutdown_timeout
-    )
+    """Serve until SIGTERM or SIGINT, then stop as a load balancer needs it.
+
+    On SIGTERM, /readyz first answers 503 for SHUTDOWN_DRAIN_SECONDS while everything else is
+    served as before, so that the balancer's health checks take the instance out of rotation
+    before it stops listening: no request is then sent to a closed port. It then stops
+    accepting, lets in-flight requests finish within SHUTDOWN_TIMEOUT, and runs the cleanup
+    contexts (closing the pool). SIGINT (Ctrl-C) and a second signal skip the drain.
+    """
+    app = create_app(settings)
+    loop = asyncio.get_running_loop()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def signalled(signum: signal.Signals) -> None:
+        if stop.is_set() or signum == signal.SIGINT:
+            hurry.set()
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, signalled, signum)
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     assert runner.server is not None
     guard = ConnectionGuard(runner.server, settings, connection_cap(settings))
-    loop = asyncio.get_running_loop()
     listeners = []
     try:
         for sock in sockets:
             # aiohttp's default backlog of 128 makes a burst of new connections past it wait for
             # the client's SYN retry (1 s, then 3 s): the long tail at hundreds of clients.
             listeners.append(await loop.create_server(guard, sock=sock, backlog=LISTEN_BACKLOG))
-        await asyncio.Future()  # until a signal
+        await stop.wait()
+        if settings.shutdown_drain_seconds and not hurry.is_set():
+            app[DRAINING].set()
+            log.info("draining: /readyz answers 503", extra={"seconds": settings.shutdown_drain_seconds})
+            with suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), settings.shutdown_drain_seconds)
     finally:
         for listener in listeners:
             listener.close()

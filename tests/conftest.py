@@ -111,6 +111,8 @@ def running_service(
         "LOG_LEVEL": "WARNING",
         # Tests sign many users up from one address; tests of that limit set it themselves.
         "RATE_LIMIT_AUTH_PER_ADDRESS": "0",
+        # Stopping at once: only tests of the drain before a shutdown wait for one.
+        "SHUTDOWN_DRAIN_SECONDS": "0",
         **env,
     }
     command = [sys.executable, "-m", "service", "serve", "--workers", str(workers)]

@@ -53,6 +53,7 @@ def test_better_auth_secret_is_the_fallback_name() -> None:
         ({"HTTP_BODY_TIMEOUT": "soon"}, "HTTP_BODY_TIMEOUT"),
         ({"HTTP_KEEPALIVE_TIMEOUT": "-1"}, "HTTP_KEEPALIVE_TIMEOUT"),
         ({"MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS"),
+        ({"SHUTDOWN_DRAIN_SECONDS": "-1"}, "SHUTDOWN_DRAIN_SECONDS"),
         ({"METRICS_PUBLIC": "maybe"}, "METRICS_PUBLIC"),
         ({"PUBLIC_URL": "https://tasks.example.com/?x=1"}, "PUBLIC_URL"),
         ({"AUTH_JWKS_URL": "https://app.example.com/api/auth/jwks"}, "AUTH_ISSUER, AUTH_AUDIENCE is not set"),

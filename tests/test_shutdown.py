@@ -1,8 +1,10 @@
-"""SIGTERM: stop accepting, finish what is in flight, close the pool, exit 0 — for every worker."""
+"""SIGTERM: answer /readyz 503 for a while, then stop accepting, finish what is in flight, close the
+pool, exit 0 — for every worker."""
 
 import asyncio
 import signal
 import time
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -74,4 +76,53 @@ async def test_sigterm_under_load_drops_no_in_flight_request(pg_server_url: str)
 
     assert [status for status, _ in answers] == [201] * IN_FLIGHT
     assert stored == IN_FLIGHT
+    assert exit_code == 0
+
+
+async def test_sigterm_first_drains_readyz_then_stops(pg_server_url: str) -> None:
+    """For SHUTDOWN_DRAIN_SECONDS /readyz answers 503 on every worker, so a load balancer takes
+    the instance out of rotation, while every other request is still served; then it stops."""
+    drain = 5.0
+    with (
+        fresh_database(pg_server_url) as database_url,
+        running_service(database_url, workers=2, SHUTDOWN_DRAIN_SECONDS=str(int(drain))) as (
+            base_url,
+            process,
+        ),
+    ):
+        # A connection per request, so that they reach both workers (SO_REUSEPORT).
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.post(
+                f"{base_url}/api/auth/register",
+                json={"email": "drain@example.com", "password": "drain it", "name": "D"},
+            ) as response:
+                grant = await response.json()
+            tasks = f"{base_url}/api/{grant['user']['id']}/tasks"
+            headers = {"Authorization": f"Bearer {grant['access_token']}"}
+
+            async def status(method: str, url: str, **kwargs: Any) -> int:
+                async with http.request(method, url, headers=headers, **kwargs) as response:
+                    return response.status
+
+            assert await status("GET", f"{base_url}/readyz") == 200
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            while await status("GET", f"{base_url}/readyz") != 503:
+                assert time.monotonic() - signalled < drain / 2, "/readyz never turned 503"
+                await asyncio.sleep(0.05)
+            during = [await status("GET", f"{base_url}/readyz") for _ in range(10)]
+            served = [
+                await status("GET", f"{base_url}/healthz"),
+                await status("POST", tasks, json={"title": "during the drain"}),
+                await status("GET", tasks),
+            ]
+            checked = time.monotonic() - signalled
+            assert process.poll() is None
+        exit_code = await asyncio.to_thread(process.wait, 30)
+        stopped = time.monotonic() - signalled
+
+    assert checked < drain, "the checks ran past the drain: the machine is too slow to tell"
+    assert during == [503] * 10
+    assert served == [200, 201, 200]
+    assert stopped >= drain - 0.5  # the drain is not cut short
     assert exit_code == 0

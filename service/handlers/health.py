@@ -7,6 +7,7 @@ from aiohttp import web
 
 from service.db import HEAD_MIGRATIONS, DatabaseUnavailable, connection, queries
 from service.errors import RETRY_AFTER_SECONDS, Problem
+from service.keys import DRAINING
 from service.schemas import json_response
 
 READY_TIMEOUT_SECONDS = 2.0
@@ -22,7 +23,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The database answers and its schema is at the head migration; 503 otherwise."""
+    """The database answers and its schema is at the head migration, and the instance is not
+    shutting down (service/workers.py); 503 otherwise."""
+    if request.app[DRAINING].is_set():
+        raise _not_ready("the instance is shutting down")
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             async with connection(request) as conn:
