@@ -101,6 +101,21 @@ async def _one_connection_per_worker(base_url: str, supervisor: int, token: str)
         raise
 
 
+async def every_worker_refuses_within_a_second(
+    connections: list[PinnedConnection], path: str, token: str, revoked_at: float
+) -> None:
+    """Poll each pinned connection (each worker) until it refuses the token: all within 1 s."""
+
+    async def refused_after(connection: PinnedConnection) -> float:
+        while await connection.status(path, token) != 401:
+            assert time.monotonic() - revoked_at < 5, "a worker still accepts the token"
+            await asyncio.sleep(0.02)
+        return time.monotonic() - revoked_at
+
+    delays = await asyncio.gather(*(refused_after(connection) for connection in connections))
+    assert max(delays) < 1.0, delays
+
+
 async def test_logout_reaches_every_worker_of_every_instance_within_a_second(database_url: str) -> None:
     with (
         running_service(database_url, workers=2) as (first_url, first),
@@ -119,16 +134,7 @@ async def test_logout_reaches_every_worker_of_every_instance_within_a_second(dat
                 ) as answer,
             ):
                 assert answer.status == 204
-            logged_out = time.monotonic()
-
-            async def refused_after(connection: PinnedConnection) -> float:
-                while await connection.status("/api/auth/me", token) != 401:
-                    assert time.monotonic() - logged_out < 5, "a worker still accepts the token"
-                    await asyncio.sleep(0.02)
-                return time.monotonic() - logged_out
-
-            delays = await asyncio.gather(*(refused_after(connection) for connection in connections))
-            assert max(delays) < 1.0, delays
+            await every_worker_refuses_within_a_second(connections, "/api/auth/me", token, time.monotonic())
         finally:
             for connection in connections:
                 await connection.http.close()
