@@ -124,15 +124,19 @@ async def test_without_the_setting_it_is_never_ready_and_answers_503(pgbouncer: 
                     assert response.status == 503
 
 
-async def test_an_unpaged_list_streams_through_pgbouncer(pgbouncer: str) -> None:
+async def test_an_unpaged_list_streams_through_pgbouncer(pgbouncer: tuple[str, str]) -> None:
     """A list longer than a chunk is read through a cursor, inside one transaction: PgBouncer in
     transaction mode keeps that transaction on one server connection."""
-    with running_service(pgbouncer, DB_PGBOUNCER="1", MIGRATE_ON_START="0") as (base_url, _):
+    bouncer, direct = pgbouncer
+    with running_service(bouncer, DB_PGBOUNCER="1", DB_LISTEN_URL=direct, MIGRATE_ON_START="0") as (
+        base_url,
+        _,
+    ):
         async with aiohttp.ClientSession() as http:
             account = {"email": f"{time.time_ns()}@example.com", "password": "pgbouncer", "name": "P"}
             async with http.post(f"{base_url}/api/auth/register", json=account) as response:
                 grant = await response.json()
-            with psycopg.connect(pgbouncer, autocommit=True) as conn:
+            with psycopg.connect(bouncer, autocommit=True) as conn:
                 conn.execute(
                     "INSERT INTO tasks (user_id, title)"
                     " SELECT %s, 'task ' || n FROM generate_series(1, 2500) AS n",
