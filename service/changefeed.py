@@ -54,9 +54,5 @@ class ChangeWaiters:
         for user_id in list(self._events):
             self.wake(user_id)
 
-    @property
-    def count(self) -> int:
-        return sum(self._waiting.values())
-
     def subscribe(self, listener: Listener) -> None:
         listener.subscribe(CHANNEL, self.notified, self.reload)

@@ -37,7 +37,6 @@ class Listener:
         self._connect_timeout = connect_timeout
         self._channels: dict[str, list[Notified]] = {}
         self._reloads: list[Reload] = []
-        self.connected = asyncio.Event()
 
     def subscribe(self, channel: str, notified: Notified, reload: Reload) -> None:
         """Call `notified(payload)` for each notification on `channel`, and `reload(conn)` each
@@ -65,7 +64,6 @@ class Listener:
                     "listener cannot connect; retrying",
                     extra={"error": type(error).__name__, "retry_in_s": delay},
                 )
-            self.connected.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, LAST_RETRY_SECONDS)
 
@@ -83,7 +81,6 @@ class Listener:
                 await conn.add_listener(channel, self._dispatch)
             for reload in self._reloads:
                 await reload(conn)
-            self.connected.set()
             while not lost.is_set():
                 try:
                     async with asyncio.timeout(PING_SECONDS):
