@@ -9,7 +9,6 @@ deadline is in schemas.load_body, where bodies are read.
 import asyncio
 import logging
 import resource
-import uuid
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -18,7 +17,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from service.headers import SERVER
-from service.logs import REQUEST_ID_HEADER, AccessLogger
+from service.logs import REQUEST_ID_HEADER, AccessLogger, new_request_id
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -194,7 +193,7 @@ class _Connection(web.RequestHandler):
         detail = "The request is not valid HTTP/1.1." if status == 400 else "The request failed."
         # Every answer carries a request id (openapi.yaml), this one too: a fresh one, since the
         # request's own could not be read.
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         body = orjson.dumps(
             {
                 "type": "about:blank",

@@ -46,3 +46,4 @@ SESSION_ID = web.RequestKey[str | None]("SESSION_ID")  # the token's session; no
 ACCESS = web.RequestKey["AccessToken"]("ACCESS")  # everything the bearer token says
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)
 ROUTE = web.RequestKey("ROUTE", str)  # the matched route's name, for the access log
+CREATED_TASK_ID = web.RequestKey("CREATED_TASK_ID", int)  # the task a create made, for the access log

@@ -11,7 +11,7 @@ import pytest
 from yarl import URL
 
 from service.db import hide_password
-from service.logs import JsonFormatter, TextFormatter
+from service.logs import JsonFormatter, TextFormatter, configure_logging
 from tests.conftest import PASSWORD, TEST_SECRET, ApiClient, User
 
 
@@ -32,10 +32,26 @@ def _captured(formatter: logging.Formatter) -> Iterator[io.StringIO]:
         root.setLevel(old_level)
 
 
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """Everything logged during the test, as the service writes it: JSON lines."""
-    with _captured(JsonFormatter()) as stream:
+@contextmanager
+def _configured(log_format: str) -> Iterator[io.StringIO]:
+    """Everything logged meanwhile, with logging set up as `serve` sets it up: the access log then
+    takes its fast path (LineHandler.write) to the one handler."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    old_handlers, old_level = root.handlers[:], root.level
+    configure_logging(logging.INFO, log_format, stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = old_handlers
+        root.setLevel(old_level)
+
+
+@pytest.fixture(params=["captured", "configured"])
+def log_lines(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    """Everything logged during the test, as the service writes it: JSON lines; through a
+    handler of the test's own, and through the service's only handler."""
+    with _captured(JsonFormatter()) if request.param == "captured" else _configured("json") as stream:
         yield stream
 
 
@@ -43,7 +59,7 @@ def _entries(stream: io.StringIO) -> list[dict]:
     return [orjson.loads(line) for line in stream.getvalue().splitlines()]
 
 
-async def test_task_writes_are_logged_with_user_task_and_request_id(
+async def test_each_request_leaves_one_line_with_user_task_and_request_id(
     aiohttp_client, make_app, alice: User, log_lines: io.StringIO
 ) -> None:
     api = ApiClient(await aiohttp_client(make_app()))
@@ -51,16 +67,19 @@ async def test_task_writes_are_logged_with_user_task_and_request_id(
     task_url = created.headers["Location"]
     updated = await api.put(task_url, token=alice.token, json={"title": "u"})
     deleted = await api.delete(task_url, token=alice.token)
-    entries = _entries(log_lines)
-    for message, answer in [("task created", created), ("task updated", updated), ("task deleted", deleted)]:
-        (entry,) = [entry for entry in entries if entry["message"] == message]
+    entries = [entry for entry in _entries(log_lines) if entry["logger"] != "service.listener"]
+    assert len(entries) == 3, entries  # a write leaves its access line and no other
+    for entry, (route, answer) in zip(
+        entries, [("create_task", created), ("update_task", updated), ("delete_task", deleted)], strict=True
+    ):
+        assert entry["route"] == route
+        assert entry["status"] == answer.status
         assert entry["user_id"] == alice.id
         assert entry["task_id"] == created.json["id"]
         assert entry["request_id"] == answer.headers["X-Request-Id"]
         assert entry["level"] == "INFO"
-    access = [entry for entry in entries if entry.get("route") == "create_task"]
-    assert access and access[0]["status"] == 201 and access[0]["user_id"] == alice.id
-    assert access[0]["duration_ms"] >= 0
+        assert entry["duration_ms"] >= 0
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["time"])
 
 
 async def test_no_token_password_or_secret_is_ever_logged(
@@ -118,8 +137,9 @@ def test_no_credential_a_database_url_carries_is_logged(url: str) -> None:
     assert hidden.startswith("postgresql://app") and "db" in hidden and "/tasks" in hidden
 
 
-async def test_text_logs_escape_control_characters(aiohttp_client, make_app) -> None:
-    with _captured(TextFormatter()) as stream:
+@pytest.mark.parametrize("capture", ["captured", "configured"])
+async def test_text_logs_escape_control_characters(aiohttp_client, make_app, capture: str) -> None:
+    with _captured(TextFormatter()) if capture == "captured" else _configured("text") as stream:
         client = await aiohttp_client(make_app())
         forged = "%0A2026-01-01%2000:00:00,000%20INFO%20service:%20forged%0D%1B[31m%E2%80%A8%C2%85"
         async with client.get(URL(f"/healthz{forged}", encoded=True)) as response:

@@ -10,6 +10,7 @@ import pytest
 
 from service.app import create_app
 from service.auth import mint_token
+from service.metrics import SAMPLE_SECONDS
 from service.settings import Settings
 from tests.conftest import PASSWORD, TEST_SECRET, ApiClient, User, fresh_database, running_service
 
@@ -93,6 +94,8 @@ async def test_metrics_add_up_every_workers_requests(pg_server_url: str) -> None
             for _ in range(40):
                 async with http.get(f"{base_url}/healthz") as response:
                     assert response.status == 200
+            # Each worker adds its counts to the shared files once a second (service/metrics.py).
+            await asyncio.sleep(SAMPLE_SECONDS + 0.5)
             scrapes = []
             for _ in range(6):
                 async with http.get(f"{base_url}/metrics") as response:

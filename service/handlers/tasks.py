@@ -18,7 +18,7 @@ from service.cursors import next_page_link
 from service.db import connection, queries
 from service.errors import Problem
 from service.idempotency import once
-from service.keys import SETTINGS, USER_ID
+from service.keys import CREATED_TASK_ID, SETTINGS, USER_ID
 from service.listing import DEFAULT_ORDER, Listing, fetch_page, make_cursor, open_every_task, read_cursor
 from service.metrics import DB_ERRORS
 from service.queries import Query
@@ -190,6 +190,7 @@ async def create_task(request: web.Request) -> web.Response:
 
     async def write(conn: asyncpg.Connection) -> web.Response:
         row = await create(request, conn, fields)
+        request[CREATED_TASK_ID] = row["id"]
         location = request.app.router["task"].url_for(user_id=str(row["user_id"]), task_id=str(row["id"]))
         return task_response(row, status=201, headers={"Location": str(location)})
 
@@ -264,7 +265,6 @@ async def create(request: web.Request, conn: asyncpg.Connection, fields: dict[st
         raise unauthorized("The token's user no longer exists.") from None
     if row is None:
         raise _full(limit)
-    log.info("task created", extra={"user_id": user_id, "task_id": row["id"]})
     return row
 
 
@@ -302,7 +302,6 @@ async def delete(
     user_id = request[USER_ID]
     if await queries.delete_task(conn, user_id=user_id, task_id=task_id, if_match=expected) is None:
         raise await _refusal(conn, user_id, task_id, expected)
-    log.info("task deleted", extra={"user_id": user_id, "task_id": task_id})
 
 
 async def _change(
@@ -318,7 +317,6 @@ async def _change(
     row = await query(conn, user_id=user_id, task_id=task_id, if_match=expected, **changes)
     if row is None:
         raise await _refusal(conn, user_id, task_id, expected)
-    log.info("task updated", extra={"user_id": user_id, "task_id": task_id})
     # A task continues its series once; reopening and completing it again repeats nothing.
     if row["completed"] and row["recurrence_every"] is not None and row["next_task_id"] is None:
         limit = request.app[SETTINGS].max_tasks_per_user
@@ -329,7 +327,6 @@ async def _change(
             raise _full(limit)
         if repeated is not None:  # None: the series has reached its end
             row = repeated
-            log.info("task created", extra={"user_id": user_id, "task_id": row["next_task_id"]})
     return row
 
 
