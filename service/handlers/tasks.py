@@ -17,7 +17,7 @@ from service.conditions import if_match, list_etag, none_match, not_modified, pr
 from service.cursors import next_page_link
 from service.db import connection, queries
 from service.errors import Problem
-from service.idempotency import once
+from service.idempotency import idempotency_key, once
 from service.keys import CREATED_TASK_ID, SETTINGS, USER_ID
 from service.listing import DEFAULT_ORDER, Listing, fetch_page, make_cursor, open_every_task, read_cursor
 from service.metrics import DB_ERRORS
@@ -194,7 +194,7 @@ async def create_task(request: web.Request) -> web.Response:
         location = request.app.router["task"].url_for(user_id=str(row["user_id"]), task_id=str(row["id"]))
         return task_response(row, status=201, headers={"Location": str(location)})
 
-    return await write_once(request, write)
+    return await write_once(request, write, one_statement=True)
 
 
 async def update_task(request: web.Request) -> web.Response:
@@ -207,7 +207,8 @@ async def update_task(request: web.Request) -> web.Response:
     async def write(conn: asyncpg.Connection) -> web.Response:
         return task_response(await update(request, conn, task_id, fields, expected))
 
-    return await write_once(request, write)
+    # Only a write that completes a task can repeat it, in a second statement.
+    return await write_once(request, write, one_statement=fields.get("completed") is not True)
 
 
 async def delete_task(request: web.Request) -> web.Response:
@@ -219,7 +220,7 @@ async def delete_task(request: web.Request) -> web.Response:
         await delete(request, conn, task_id, expected)
         return web.Response(status=204)
 
-    return await write_once(request, write)
+    return await write_once(request, write, one_statement=True)
 
 
 async def complete_task(request: web.Request) -> web.Response:
@@ -243,11 +244,22 @@ def task_response(row: Any, *, status: int = 200, headers: dict[str, str] | None
 
 
 async def write_once(
-    request: web.Request, write: Callable[[asyncpg.Connection], Awaitable[web.Response]]
+    request: web.Request,
+    write: Callable[[asyncpg.Connection], Awaitable[web.Response]],
+    *,
+    one_statement: bool = False,
 ) -> web.Response:
-    """Run a write and build its answer in one transaction, once per Idempotency-Key."""
-    async with connection(request) as conn, conn.transaction():
-        return await once(request, conn, write)
+    """Run a write and build its answer in one transaction, once per Idempotency-Key.
+
+    A write of `one_statement` (it changes the database in a single statement, whatever it reads
+    besides) needs no transaction of its own unless its answer is stored with it: PostgreSQL
+    makes the statement atomic by itself, and BEGIN and COMMIT are two round trips more.
+    """
+    async with connection(request) as conn:
+        if one_statement and idempotency_key(request) is None:
+            return await write(conn)
+        async with conn.transaction():
+            return await once(request, conn, write)
 
 
 # The writes themselves, each on a connection in the caller's transaction, shared by the routes
@@ -283,7 +295,8 @@ async def update(
         set_remind_at="remind_at" in fields,
         set_recurrence="recurrence_every" in fields,
     )
-    return await _change(request, conn, task_id, queries.update_task, changes, expected)
+    completing = fields.get("completed") is True
+    return await _change(request, conn, task_id, queries.update_task, changes, expected, completing)
 
 
 async def complete(
@@ -293,7 +306,9 @@ async def complete(
     completed: bool | None,
     expected: list[datetime] | None,
 ) -> asyncpg.Record:
-    return await _change(request, conn, task_id, queries.complete_task, {"completed": completed}, expected)
+    changes = {"completed": completed}
+    completing = completed is not False  # True, or a flip
+    return await _change(request, conn, task_id, queries.complete_task, changes, expected, completing)
 
 
 async def delete(
@@ -311,14 +326,17 @@ async def _change(
     query: Query,
     changes: dict[str, Any],
     expected: list[datetime] | None,
+    completing: bool,
 ) -> asyncpg.Record:
-    """Run an update query and, in the same transaction, repeat the task if that completed it."""
+    """Run an update query and, in the same transaction, repeat the task if that completed it
+    (`completing`: the write asked for it to be completed, or flipped it)."""
     user_id = request[USER_ID]
     row = await query(conn, user_id=user_id, task_id=task_id, if_match=expected, **changes)
     if row is None:
         raise await _refusal(conn, user_id, task_id, expected)
     # A task continues its series once; reopening and completing it again repeats nothing.
-    if row["completed"] and row["recurrence_every"] is not None and row["next_task_id"] is None:
+    repeats = row["recurrence_every"] is not None and row["next_task_id"] is None
+    if completing and row["completed"] and repeats:
         limit = request.app[SETTINGS].max_tasks_per_user
         repeated = await queries.repeat_task(
             conn, user_id=user_id, task_id=task_id, change=row["change"], max_tasks=limit
