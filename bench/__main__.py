@@ -65,7 +65,7 @@ SETTLE_SECONDS = 3
 # The deletable pool: enough for the delete scenario at this many deletes per second.
 DELETES_PER_SECOND_PROVISIONED = 6000
 ROW_NAMES = {"deep": "list deep page"}
-PROFILED_SCENARIOS = ("list", "get")
+PROFILED_SCENARIOS = ("list", "get", "create")
 # The log levels of the service's lines the report keeps and counts.
 LOGGED_PROBLEMS = ("WARNING", "ERROR", "CRITICAL")
 # Busier than this before the run (% of all cores), the machine is not quiet enough to trust.
@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         "--soak", type=float, default=0, help="also run the mix this many seconds, sampling RSS"
     )
     parser.add_argument(
-        "--profile", action="store_true", help="sample one worker with py-spy during list and get"
+        "--profile", action="store_true", help="sample one worker with py-spy during list, get and create"
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where JSON and PNG go")
     return parser
