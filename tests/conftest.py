@@ -366,6 +366,21 @@ def make_user(db: asyncpg.Connection) -> Any:
     return create
 
 
+async def user_in(database_url: str) -> User:
+    """A user inserted into that database (not the test's transaction), with a real token."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        email = f"{uuid.uuid4().hex[:10]}@example.com"
+        user_id = await conn.fetchval(
+            "INSERT INTO users (email, name, password_hash) VALUES ($1, 'W', $2) RETURNING id",
+            email,
+            PASSWORD_HASH,
+        )
+    finally:
+        await conn.close()
+    return User(user_id, email, mint_token(user_id, TEST_SECRET, 3600))
+
+
 @pytest.fixture
 async def alice(make_user: Any) -> User:
     return await make_user()
@@ -536,6 +551,7 @@ class Received:
     webhook_id: str
     payload: Any
     at: float  # time.monotonic()
+    wall: float  # time.time()
 
 
 class Receiver:
@@ -567,7 +583,7 @@ class Receiver:
             self.forged.append(body)
             return web.Response(status=400)
         assert request.headers["Content-Type"] == "application/json"
-        self.received.append(Received(request.headers["webhook-id"], payload, time.monotonic()))
+        self.received.append(Received(request.headers["webhook-id"], payload, time.monotonic(), time.time()))
         if self.hold is not None:
             self.held += 1
             await self.hold.wait()

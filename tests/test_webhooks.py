@@ -31,6 +31,7 @@ from tests.conftest import (
     fresh_database,
     running_service,
     until,
+    user_in,
 )
 
 ALL_EVENTS = ["task.created", "task.updated", "task.completed", "task.deleted", "task.reminder"]
@@ -263,20 +264,6 @@ async def _service(aiohttp_client: Any, database_url: str, **overrides: Any) -> 
     return ApiClient(await aiohttp_client(create_app(settings)))
 
 
-async def _user(database_url: str) -> User:
-    conn = await asyncpg.connect(database_url)
-    try:
-        email = f"{uuid.uuid4().hex[:10]}@example.com"
-        user_id = await conn.fetchval(
-            "INSERT INTO users (email, name, password_hash) VALUES ($1, 'W', $2) RETURNING id",
-            email,
-            PASSWORD_HASH,
-        )
-    finally:
-        await conn.close()
-    return User(user_id, email, mint_token(user_id, TEST_SECRET, 3600))
-
-
 async def _subscribe(api: ApiClient, user: User, receiver: Receiver, events: list[str] | None = None) -> int:
     answer = await api.post(
         f"/api/{user.id}/webhooks",
@@ -293,7 +280,7 @@ async def test_every_change_arrives_signed_as_the_task_was_when_it_committed(
     aiohttp_client: Any, own_database_url: str, receiver: Receiver
 ) -> None:
     api = await _service(aiohttp_client, own_database_url)
-    alice = await _user(own_database_url)
+    alice = await user_in(own_database_url)
     before = (await api.post(alice.tasks, token=alice.token, json={"title": "before"})).json
     await _subscribe(api, alice, receiver)
     receiver.hold = asyncio.Event()  # nothing is answered until the task has changed again
@@ -329,7 +316,7 @@ async def test_a_rolled_back_change_has_no_event(
     aiohttp_client: Any, own_database_url: str, receiver: Receiver
 ) -> None:
     api = await _service(aiohttp_client, own_database_url)
-    alice = await _user(own_database_url)
+    alice = await user_in(own_database_url)
     await _subscribe(api, alice, receiver, ["task.created"])
     batch = {
         "operations": [
@@ -350,7 +337,7 @@ async def test_a_receiver_that_is_down_gets_the_event_later_with_the_same_id(
 ) -> None:
     receiver = Receiver()  # not started: connections are refused
     api = await _service(aiohttp_client, own_database_url, webhook_retry_schedule=(1.0, 1.0, 2.0))
-    alice = await _user(own_database_url)
+    alice = await user_in(own_database_url)
     webhook_id = await _subscribe(api, alice, receiver, ["task.created"])
     started = time.monotonic()
     await api.post(alice.tasks, token=alice.token, json={"title": "hello"})
@@ -397,7 +384,7 @@ async def test_an_endpoint_that_keeps_failing_is_disabled_and_says_why(
     api = await _service(
         aiohttp_client, own_database_url, webhook_retry_schedule=(1.0, 1.0, 2.0), webhook_disable_after=3
     )
-    alice = await _user(own_database_url)
+    alice = await user_in(own_database_url)
     webhook_id = await _subscribe(api, alice, receiver, ["task.created", "task.updated"])
     receiver.answers = [500] * 100
     task = (await api.post(alice.tasks, token=alice.token, json={"title": "doomed"})).json
@@ -434,7 +421,7 @@ async def test_the_test_event_and_a_redirect_that_is_not_followed(
     aiohttp_client: Any, own_database_url: str, receiver: Receiver
 ) -> None:
     api = await _service(aiohttp_client, own_database_url, webhook_retry_schedule=(60.0,))
-    alice = await _user(own_database_url)
+    alice = await user_in(own_database_url)
     webhook_id = await _subscribe(api, alice, receiver, ["task.created"])
     receiver.answers = [302]
     queued = await api.post(f"/api/{alice.id}/webhooks/{webhook_id}/test", token=alice.token)
@@ -465,7 +452,7 @@ async def test_deliveries_to_addresses_inside_are_refused_at_connection(
     """Subscriptions made while private addresses were allowed (or whose name has since moved
     to one): a service that does not allow them connects to none of them."""
     permissive = await _service(aiohttp_client, own_database_url)
-    alice = await _user(own_database_url)
+    alice = await user_in(own_database_url)
     port = receiver.port
     urls = [
         f"https://127.0.0.1:{port}/hook",
@@ -525,7 +512,7 @@ async def test_two_instances_deliver_each_of_1000_changes_exactly_once(
         running_service(shared_database_url, workers=2, **WEBHOOK_ENV) as (first, _),
         running_service(shared_database_url, workers=2, **WEBHOOK_ENV) as (second, _),
     ):
-        user = await _user(shared_database_url)
+        user = await user_in(shared_database_url)
         headers = {"Authorization": f"Bearer {user.token}"}
         async with aiohttp.ClientSession() as http:
             body = {"url": receiver.url, "events": ["task.created", "task.updated", "task.completed"]}
@@ -573,7 +560,7 @@ async def test_an_event_whose_worker_was_killed_mid_delivery_is_delivered_again(
     shared_database_url: str, receiver: Receiver
 ) -> None:
     receiver.hold = asyncio.Event()
-    user = await _user(shared_database_url)
+    user = await user_in(shared_database_url)
     headers = {"Authorization": f"Bearer {user.token}"}
     with running_service(shared_database_url, **WEBHOOK_ENV) as (doomed_url, doomed):
         async with aiohttp.ClientSession() as http:
