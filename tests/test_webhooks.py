@@ -10,7 +10,8 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ import pytest
 from service.app import create_app
 from service.auth import mint_token
 from service.db import migrate
+from service.devdb import EmbeddedPostgres
 from service.settings import Settings
 from service.ssrf import is_public
 from tests.conftest import (
@@ -279,7 +281,7 @@ async def _subscribe(api: ApiClient, user: User, receiver: Receiver, events: lis
 async def test_every_change_arrives_signed_as_the_task_was_when_it_committed(
     aiohttp_client: Any, own_database_url: str, receiver: Receiver
 ) -> None:
-    api = await _service(aiohttp_client, own_database_url)
+    api = await _service(aiohttp_client, own_database_url, metrics_public=True)
     alice = await user_in(own_database_url)
     before = (await api.post(alice.tasks, token=alice.token, json={"title": "before"})).json
     await _subscribe(api, alice, receiver)
@@ -310,6 +312,15 @@ async def test_every_change_arrives_signed_as_the_task_was_when_it_committed(
     assert payloads[4]["data"]["task"] == restored
     assert all(payload["data"]["task"]["id"] != before["id"] for payload in payloads)  # before it subscribed
     assert len({received.webhook_id for received in receiver.received}) == 5
+    metrics = (await api.get("/metrics")).body.decode()
+    for series in (
+        'taskapi_webhook_deliveries_total{outcome="delivered"}',
+        'taskapi_webhook_events_total{type="task.completed"}',
+        "taskapi_webhook_queue_depth",
+        "taskapi_webhook_oldest_pending_seconds",
+        "taskapi_reminder_lag_seconds_bucket",
+    ):
+        assert series in metrics
 
 
 async def test_a_rolled_back_change_has_no_event(
@@ -586,3 +597,79 @@ async def test_an_event_whose_worker_was_killed_mid_delivery_is_delivered_again(
     assert first.webhook_id == second.webhook_id
     assert first.payload == second.payload
     assert second.at - killed_at > 10  # after the lease ran out, not before
+
+
+async def test_sigterm_leaves_an_unanswered_delivery_to_be_sent_again(
+    shared_database_url: str, receiver: Receiver
+) -> None:
+    """An attempt still unanswered when the service stops gets a short grace, then is left to
+    its lease: the service exits cleanly, and the event arrives again from the next one."""
+    receiver.hold = asyncio.Event()
+    user = await user_in(shared_database_url)
+    headers = {"Authorization": f"Bearer {user.token}"}
+    with running_service(shared_database_url, **WEBHOOK_ENV) as (base_url, process):
+        async with aiohttp.ClientSession() as http:
+            body = {"url": receiver.url, "events": ["task.created"]}
+            async with http.post(f"{base_url}/api/{user.id}/webhooks", json=body, headers=headers) as answer:
+                receiver.secret = (await answer.json())["secret"]
+            async with http.post(
+                f"{base_url}/api/{user.id}/tasks", json={"title": "x"}, headers=headers
+            ) as made:
+                assert made.status == 201
+        await until(lambda: receiver.held == 1, 15)
+        stopping = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0
+        assert time.monotonic() - stopping < 10  # the grace (5 s), not the attempt's timeout
+    held, receiver.hold = receiver.hold, None
+    held.set()
+    with running_service(shared_database_url, **WEBHOOK_ENV):
+        await until(lambda: len(receiver.received) >= 2, 60)
+    assert receiver.received[0].webhook_id == receiver.received[1].webhook_id
+    assert not receiver.forged
+
+
+@pytest.fixture
+def crashable_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of this test's own, to crash at will."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    migrate(server.start())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_the_jobs_go_on_by_themselves_after_a_database_outage(
+    aiohttp_client: Any, crashable_server: EmbeddedPostgres, receiver: Receiver
+) -> None:
+    api = await _service(aiohttp_client, crashable_server.url, db_acquire_timeout=1.0)
+    alice = await user_in(crashable_server.url)
+    await _subscribe(api, alice, receiver)
+    before = (await api.post(alice.tasks, token=alice.token, json={"title": "before"})).json
+    await until(lambda: len(receiver.received) == 1)
+    due = (await api.post(alice.tasks, token=alice.token, json={"title": "due", "remind_at": _in(2)})).json
+    await until(lambda: len(receiver.received) == 2)
+    await asyncio.to_thread(crashable_server.stop, "immediate")  # as in a crash
+    await asyncio.sleep(3)  # the reminder comes due meanwhile, and every job fails a few rounds
+    await asyncio.to_thread(crashable_server.start, crashable_server.port)
+    deadline = time.monotonic() + 20
+    while (answer := await api.post(alice.tasks, token=alice.token, json={"title": "after"})).status != 201:
+        assert answer.status == 503 and time.monotonic() < deadline
+        await asyncio.sleep(0.5)
+    await until(lambda: len(receiver.received) == 4, 20)
+    kinds = sorted((r.payload["type"], r.payload["data"]["task"]["title"]) for r in receiver.received)
+    assert kinds == [
+        ("task.created", "after"),
+        ("task.created", "before"),
+        ("task.created", "due"),
+        ("task.reminder", "due"),
+    ]
+    reminder = receiver.of_type("task.reminder")[0].payload["data"]["task"]
+    assert reminder["id"] == due["id"] and reminder["remind_at"] == due["remind_at"]
+    assert before["id"] != due["id"]
+    assert not receiver.forged
+
+
+def _in(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
