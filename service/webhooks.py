@@ -299,6 +299,11 @@ class Jobs:
             return None, "The URL is not valid."
         except aiohttp.ClientError as failure:
             return None, f"The connection failed ({type(failure).__name__})."
+        except Exception:
+            # Whatever else breaks an attempt counts as its failure, to be retried on schedule,
+            # rather than leave the delivery until its lease runs out.
+            log.exception("webhook attempt failed", extra={"webhook_id": delivery["webhook_id"]})
+            return None, "The request failed."
 
     async def _record(self, outcome: dict[str, Any]) -> asyncpg.Record | None:
         """Record an attempt's outcome, trying again through a short outage for as long as the
