@@ -44,7 +44,8 @@ from bench.report import (
     save_plot,
 )
 from bench.seed import Dataset, SeedError, SeedPlan, seed
-from bench.service_process import ServiceError, ServiceProcess
+from bench.service_process import ServiceError, ServiceProcess, free_port
+from bench.webhooks import WEBHOOK_SCENARIOS, Receiver, delivery_counts, subscribe_everyone
 from bench.wrk import WrkError, find_wrk, run_wrk
 from service.db import PROJECT_DIR
 from service.devdb import EmbeddedPostgresError
@@ -114,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile", action="store_true", help="sample one worker with py-spy during list, get and create"
     )
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help=f"then run {','.join(WEBHOOK_SCENARIOS)} again with every user subscribed to a local receiver",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where JSON and PNG go")
     return parser
 
@@ -133,6 +139,7 @@ class Options:
     bare: bool
     soak: float
     profile: bool
+    webhooks: bool
     results_dir: Path
 
     @classmethod
@@ -177,6 +184,7 @@ class Options:
             bare=not args.no_bare,
             soak=args.soak,
             profile=args.profile,
+            webhooks=args.webhooks,
             results_dir=args.results_dir,
         )
 
@@ -361,6 +369,41 @@ def _load(run: Run, service: ServiceProcess, dataset: Dataset, data_file: Path, 
         run.measurements.append(run.soak.measurement)
 
 
+def _with_webhooks(
+    run: Run, service: ServiceProcess, database_url: str, data_file: Path, work_dir: Path
+) -> None:
+    """The write scenarios again, every user now subscribed to a receiver answering 204: the
+    rows `<scenario> +webhook`, against the rows without. Writes append to the change log
+    either way; what differs is the fan-out and delivery jobs running beside them."""
+    options = run.options
+    scenarios = [scenario for scenario in WEBHOOK_SCENARIOS if scenario in options.scenarios]
+    if not options.webhooks or not scenarios:
+        return
+    with Receiver(free_port(), work_dir / "receiver.log") as receiver:
+        subscribed = subscribe_everyone(database_url, receiver.url)
+        log.info("subscribed %d users to %s", subscribed, receiver.url)
+        for scenario in scenarios:
+            label = f"{scenario} +webhook"
+            log.info("running %s @%d for %.0f s", label, options.connections, options.duration)
+            clock = CpuClock(service.worker_pids(), run.postmaster_pid).start()
+            try:
+                measurement = run_wrk(
+                    base_url=service.base_url, scenario=scenario, connections=options.connections,
+                    seconds=options.duration, threads=options.threads, data_file=data_file, label=label,
+                )  # fmt: skip
+            except WrkError as error:
+                log.warning("%s", error)
+                measurement = Measurement.not_run(label, options.connections, "wrk", str(error))
+            measurement.cpu = clock.stop()
+            counts = delivery_counts(database_url)
+            measurement.notes.append(
+                "webhook deliveries when it ended: "
+                + ", ".join(f"{state} {count:,}" for state, count in sorted(counts.items()))
+            )
+            run.measurements.append(measurement)
+            time.sleep(PAUSE_BETWEEN_RUNS_SECONDS)
+
+
 def execute(run: Run, server_url: str | None) -> None:
     options = run.options
     secret = secrets.token_urlsafe(48)
@@ -400,6 +443,7 @@ def execute(run: Run, server_url: str | None) -> None:
             run.memory["before_kib"] = service.worker_rss_kib()
             try:
                 _load(run, service, dataset, data_file, deletable_file)
+                _with_webhooks(run, service, database_url, data_file, work_dir)
             finally:
                 run.memory["after_kib"] = service.worker_rss_kib()
                 _keep_service_log(run, service.log_path)

@@ -93,6 +93,8 @@ class ServiceProcess:
             # Every in-flight request at 64 connections gets a connection without queueing.
             "DB_POOL_MIN_SIZE": str(pool_size),
             "DB_POOL_MAX_SIZE": str(pool_size),
+            # --webhooks delivers to a receiver on 127.0.0.1 (bench/webhooks.py).
+            "WEBHOOK_ALLOW_PRIVATE": "1",
         }
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -29,6 +29,7 @@ from service.keys import (
     POOL_SHARES,
     REVOCATIONS,
     SETTINGS,
+    WEBHOOK_WAKE,
     WRITE_LIMITER,
 )
 from service.limits import RateLimiter, rate_limit_middleware
@@ -38,6 +39,7 @@ from service.metrics import MetricsPage, metrics_middleware, pool_metrics
 from service.revocations import Revocations
 from service.routes import setup_routes
 from service.settings import Settings
+from service.webhooks import webhook_jobs
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -78,9 +80,11 @@ def create_app(settings: Settings) -> web.Application:
     app[IDENTITY_PROVIDER] = IdentityProvider(settings) if settings.auth_jwks_url else None
     app[API_TOKENS] = ApiTokens()
     app[DRAINING] = asyncio.Event()
+    app[WEBHOOK_WAKE] = asyncio.Event()
     app.cleanup_ctx.append(pg_pool)
     app.cleanup_ctx.append(listener)
     app.cleanup_ctx.append(chores)
+    app.cleanup_ctx.append(webhook_jobs)
     app.cleanup_ctx.append(pool_metrics)
     app.cleanup_ctx.append(dummy_password_hash)
     app.on_response_prepare.append(answer_headers)

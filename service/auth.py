@@ -46,7 +46,9 @@ PUBLIC_ROUTES = frozenset(
 # one: logout, which a client whose access token has expired does with its refresh token.
 OPTIONAL_TOKEN_ROUTES = frozenset({"logout"})
 # What an API token may call, by route name, and the scope each needs (None: any). Every other
-# route (tokens, sessions, the password, the account) is for a person's own sign-in only.
+# route (tokens, sessions, the password, the account) is for a person's own sign-in only; so is
+# making, changing or testing a webhook: a subscription goes on sending task data after the
+# token that made it expires or is deleted, which no token should be able to arrange.
 API_TOKEN_ROUTES: dict[str, str | None] = {
     "me": None,
     "tasks": "tasks:read",
@@ -61,6 +63,9 @@ API_TOKEN_ROUTES: dict[str, str | None] = {
     "restore_task": "tasks:write",
     "purge_task": "tasks:write",
     "empty_trash": "tasks:write",
+    "webhooks": "tasks:read",
+    "webhook": "tasks:read",
+    "webhook_deliveries": "tasks:read",
 }
 API_TOKEN_PREFIX = "tapi_"
 # `{user_id}` in a path may be this, for whoever calls (or their number, or a provider's `sub`).

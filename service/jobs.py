@@ -57,6 +57,12 @@ CHORES = (
     ),
     Chore("purge_idempotency_keys", queries.purge_idempotency_keys, every_seconds=300),
     Chore("purge_api_tokens", queries.purge_api_tokens, every_seconds=600),
+    Chore(
+        "purge_webhook_deliveries",
+        queries.purge_webhook_deliveries,
+        every_seconds=600,
+        parameters=lambda settings: {"retention_days": settings.webhook_retention_days},
+    ),
 )
 
 

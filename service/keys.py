@@ -39,7 +39,10 @@ ACCOUNT_LIMITER = web.AppKey["RateLimiter"]("ACCOUNT_LIMITER")  # failed passwor
 METRICS_PAGE = web.AppKey["MetricsPage"]("METRICS_PAGE")  # /metrics, rendered at most once a second
 IDENTITY_PROVIDER = web.AppKey["IdentityProvider | None"]("IDENTITY_PROVIDER")  # None: AUTH_JWKS_URL unset
 API_TOKENS = web.AppKey["ApiTokens"]("API_TOKENS")  # the API tokens this worker has checked
-DRAINING = web.AppKey("DRAINING", asyncio.Event)  # set on SIGTERM: /readyz answers 503, the rest goes on
+DRAINING = web.AppKey("DRAINING", asyncio.Event)
+WEBHOOK_WAKE = web.AppKey(
+    "WEBHOOK_WAKE", asyncio.Event
+)  # set when deliveries are queued here  # set on SIGTERM: /readyz answers 503, the rest goes on
 
 USER_ID = web.RequestKey("USER_ID", int)
 SESSION_ID = web.RequestKey[str | None]("SESSION_ID")  # the token's session; none for minted ones

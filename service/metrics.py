@@ -56,6 +56,28 @@ JOB_RUNS = prometheus_client.Counter(
 JOB_ROWS = prometheus_client.Counter(
     "taskapi_job_rows_total", "Rows background chores have removed, by chore.", ["job"]
 )
+WEBHOOK_DELIVERIES = prometheus_client.Counter(
+    "taskapi_webhook_deliveries_total",
+    "Webhook delivery attempts, by outcome (delivered; retry: failed, tried again later; failed: "
+    "the last attempt failed; superseded: the lease had run out and another worker took it).",
+    ["outcome"],
+)
+WEBHOOK_EVENTS = prometheus_client.Counter(
+    "taskapi_webhook_events_total", "Webhook deliveries queued, by event type.", ["type"]
+)
+WEBHOOK_QUEUE = prometheus_client.Gauge(
+    "taskapi_webhook_queue_depth", "Webhook deliveries pending (due now or later).", multiprocess_mode="max"
+)
+WEBHOOK_OLDEST = prometheus_client.Gauge(
+    "taskapi_webhook_oldest_pending_seconds",
+    "How long the oldest pending webhook delivery has waited.",
+    multiprocess_mode="max",
+)
+REMINDER_LAG = prometheus_client.Histogram(
+    "taskapi_reminder_lag_seconds",
+    "How long after its remind_at a reminder fired.",
+    buckets=(0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+)
 BUILD_INFO = prometheus_client.Gauge(
     "taskapi_build_info",
     "Always 1; the labels say what runs.",

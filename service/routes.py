@@ -5,7 +5,7 @@ import re
 from aiohttp import web
 
 from service import metrics
-from service.handlers import auth, batch, changes, docs, health, sessions, tasks, tokens, trash
+from service.handlers import auth, batch, changes, docs, health, sessions, tasks, tokens, trash, webhooks
 
 # `{user_id}` is any one path segment: the caller's number, `me`, or a provider's user's `sub`.
 # The auth middleware resolves it to the caller or answers 403 (service/auth.py).
@@ -17,6 +17,8 @@ TRASHED_TASK = USER_TRASH + "/{task_id:[0-9]+}"
 SESSION = "/api/auth/sessions/{session_id:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}"
 DOCS_ASSET = "/docs/{asset:" + "|".join(map(re.escape, docs.ASSET_TYPES)) + "}"
 API_TOKEN = "/api/auth/tokens/{token_id:[0-9]+}"
+USER_WEBHOOKS = USER + "/webhooks"
+USER_WEBHOOK = USER_WEBHOOKS + "/{webhook_id:[0-9]+}"
 
 
 def setup_routes(app: web.Application) -> None:
@@ -55,3 +57,12 @@ def setup_routes(app: web.Application) -> None:
     router.add_delete(USER_TRASH, trash.empty_trash, name="empty_trash")
     router.add_delete(TRASHED_TASK, trash.purge_task, name="purge_task")
     router.add_post(TRASHED_TASK + "/restore", trash.restore_task, name="restore_task")
+    router.add_get(USER_WEBHOOKS, webhooks.list_webhooks, name="webhooks", allow_head=False)
+    router.add_post(USER_WEBHOOKS, webhooks.create_webhook, name="create_webhook")
+    router.add_get(USER_WEBHOOK, webhooks.get_webhook, name="webhook", allow_head=False)
+    router.add_patch(USER_WEBHOOK, webhooks.update_webhook, name="update_webhook")
+    router.add_delete(USER_WEBHOOK, webhooks.delete_webhook, name="delete_webhook")
+    router.add_post(USER_WEBHOOK + "/test", webhooks.test_webhook, name="test_webhook")
+    router.add_get(
+        USER_WEBHOOK + "/deliveries", webhooks.webhook_deliveries, name="webhook_deliveries", allow_head=False
+    )

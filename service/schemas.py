@@ -453,6 +453,63 @@ class AccountDeletion(RequestBody):
     password = Text(validate=validate.Length(min=1, max=256))
 
 
+# What a webhook may subscribe to; webhook.test is sent only on request.
+WEBHOOK_EVENT_TYPES = ("task.created", "task.updated", "task.completed", "task.deleted", "task.reminder")
+
+
+class WebhookFields(RequestBody):
+    """A subscription's fields; the URL's address is checked by the handler (service/ssrf.py)."""
+
+    url = Text(validate=Length(min=1, max=2000))
+    events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENT_TYPES)),
+        validate=Length(min=1, max=len(WEBHOOK_EVENT_TYPES), unit="events"),
+    )
+    description = Text(allow_none=True, validate=Length(max=500))
+
+    @validates_schema
+    def events_once(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "events" in data and len(set(data["events"])) != len(data["events"]):
+            raise ValidationError("Give each event once.", "events")
+
+    @post_load
+    def sort_events(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if "events" in data:
+            data["events"] = sorted(data["events"], key=WEBHOOK_EVENT_TYPES.index)
+        return data
+
+
+class WebhookCreate(WebhookFields):
+    url = Text(required=True, validate=Length(min=1, max=2000))
+    events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENT_TYPES)),
+        required=True,
+        validate=Length(min=1, max=len(WEBHOOK_EVENT_TYPES), unit="events"),
+    )
+    description = Text(allow_none=True, load_default=None, validate=Length(max=500))
+
+
+class WebhookUpdate(WebhookFields):
+    enabled = StrictBoolean()
+
+    @validates_schema
+    def has_a_field(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Give at least one field to change.")
+
+
+class WebhookDeliveriesQuery(QueryString):
+    """The query string of GET /api/{user_id}/webhooks/{id}/deliveries."""
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+
+
+def webhook_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A subscription as its owner sees it, without its secret (shown once, when it is made)."""
+    fields = ("id", "url", "events", "description", "enabled", "disabled_reason", "created_at")
+    return {name: row[name] for name in fields}
+
+
 def api_token_document(row: Mapping[str, Any]) -> dict[str, Any]:
     """An API token as its owner sees it, without its secret (shown once, when it is made)."""
     fields = ("id", "name", "scopes", "created_at", "expires_at", "last_used_at")
@@ -491,6 +548,9 @@ PASSWORD_CHANGE = PasswordChange()
 ACCOUNT_UPDATE = AccountUpdate()
 API_TOKEN_CREATE = ApiTokenCreate()
 ACCOUNT_DELETION = AccountDeletion()
+WEBHOOK_CREATE = WebhookCreate()
+WEBHOOK_UPDATE = WebhookUpdate()
+WEBHOOK_DELIVERIES_QUERY = WebhookDeliveriesQuery()
 
 
 def _is_json(content_type: str) -> bool:

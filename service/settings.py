@@ -81,6 +81,11 @@ class Settings:
     auth_issuer: str = ""
     auth_audience: str = ""
     auth_algorithms: tuple[str, ...] = ("EdDSA", "ES256", "RS256")
+    webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_disable_after: int = 5 * 86400
+    webhook_retention_days: int = 7
+    webhook_allow_private: bool = False
+    webhook_poll_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -171,6 +176,15 @@ class Settings:
             http_keepalive_timeout=reader.number("HTTP_KEEPALIVE_TIMEOUT", cls.http_keepalive_timeout),
             max_connections=reader.integer("MAX_CONNECTIONS", cls.max_connections, minimum=1),
             stream_write_timeout=reader.number("STREAM_WRITE_TIMEOUT", cls.stream_write_timeout),
+            webhook_retry_schedule=reader.delays("WEBHOOK_RETRY_SCHEDULE", cls.webhook_retry_schedule),
+            webhook_disable_after=reader.integer(
+                "WEBHOOK_DISABLE_AFTER", cls.webhook_disable_after, minimum=1, maximum=365 * 86400
+            ),
+            webhook_retention_days=reader.integer(
+                "WEBHOOK_RETENTION_DAYS", cls.webhook_retention_days, minimum=1, maximum=3650
+            ),
+            webhook_allow_private=reader.boolean("WEBHOOK_ALLOW_PRIVATE", cls.webhook_allow_private),
+            webhook_poll_seconds=reader.number("WEBHOOK_POLL_SECONDS", cls.webhook_poll_seconds),
             **provider,
         )
 
@@ -296,6 +310,20 @@ class _Reader:
         if url and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
             raise SettingsError(f"{name} must be an http:// or https:// URL without a query, got {url!r}")
         return url
+
+    def delays(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        """Comma-separated delays in seconds, such as 5,300,1800: at least one, each above 0 and
+        at most a day."""
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            delays = tuple(float(part) for part in raw.split(","))
+        except ValueError:
+            raise SettingsError(f"{name} must be comma-separated numbers of seconds, got {raw!r}") from None
+        if not all(0 < delay <= 86400 for delay in delays):
+            raise SettingsError(f"{name} must list delays above 0 and at most 86400 seconds, got {raw!r}")
+        return delays
 
     def boolean(self, name: str, default: bool) -> bool:
         flags = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}

@@ -69,6 +69,10 @@ SET title               = coalesce(:title, title),
                                WHEN :remind_local::timestamp IS NOT NULL
                                    THEN :remind_local AT TIME ZONE (SELECT time_zone FROM zone)
                                ELSE :remind_at END,
+    -- A reminder moved to another time is armed again (the scheduler, sql/webhooks.sql).
+    reminded_at         = CASE WHEN :set_remind_at AND remind_at IS DISTINCT FROM
+                                        coalesce(:remind_local AT TIME ZONE (SELECT time_zone FROM zone), :remind_at)
+                               THEN NULL ELSE reminded_at END,
     recurrence_every    = CASE WHEN :set_recurrence THEN :recurrence_every ELSE recurrence_every END,
     recurrence_interval = CASE WHEN :set_recurrence THEN :recurrence_interval ELSE recurrence_interval END,
     updated_at          = greatest(statement_timestamp(), updated_at + interval '1 microsecond')

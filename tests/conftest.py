@@ -36,6 +36,7 @@ from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotF
 from openapi_core.templating.responses.exceptions import ResponseNotFound
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.request.exceptions import ParameterValidationError
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from service.app import create_app
 from service.auth import mint_token
@@ -44,6 +45,7 @@ from service.devdb import EmbeddedPostgres
 from service.jobs import chores
 from service.keys import PG_POOL
 from service.settings import Settings
+from service.webhooks import webhook_jobs
 
 SPEC_PATH = PROJECT_DIR / "openapi.yaml"
 SPEC_DOCUMENT = yaml.safe_load(SPEC_PATH.read_text())
@@ -321,9 +323,11 @@ def make_app(settings: Settings, db: asyncpg.Connection) -> Any:
             yield
 
         app.cleanup_ctx[app.cleanup_ctx.index(pg_pool)] = test_pool
-        # Background chores would wake at random inside the test's one shared connection;
-        # they are tested on real pools of their own (test_changes.py).
+        # Background chores and webhook jobs would wake at random inside the test's one shared
+        # connection; they are tested on real pools of their own (test_changes.py,
+        # test_webhooks.py).
         app.cleanup_ctx.remove(chores)
+        app.cleanup_ctx.remove(webhook_jobs)
         return app
 
     return build
@@ -360,6 +364,21 @@ def make_user(db: asyncpg.Connection) -> Any:
         return User(user_id, email, mint_token(user_id, TEST_SECRET, 600))
 
     return create
+
+
+async def user_in(database_url: str) -> User:
+    """A user inserted into that database (not the test's transaction), with a real token."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        email = f"{uuid.uuid4().hex[:10]}@example.com"
+        user_id = await conn.fetchval(
+            "INSERT INTO users (email, name, password_hash) VALUES ($1, 'W', $2) RETURNING id",
+            email,
+            PASSWORD_HASH,
+        )
+    finally:
+        await conn.close()
+    return User(user_id, email, mint_token(user_id, TEST_SECRET, 3600))
 
 
 @pytest.fixture
@@ -521,3 +540,85 @@ def subject() -> str:
 
 def kid_of(provider: Provider, algorithm: str) -> str:
     return next(kid for kid in provider.published if provider.keys[kid][0] == algorithm)
+
+
+# A webhook receiver, for the tests of webhooks and reminders (tests/test_webhooks.py,
+# tests/test_reminders.py).
+
+
+@dataclasses.dataclass
+class Received:
+    webhook_id: str
+    payload: Any
+    at: float  # time.monotonic()
+    wall: float  # time.time()
+
+
+class Receiver:
+    """An endpoint receiving webhooks on a port of its own. It checks every signature with the
+    standardwebhooks package, an implementation independent of the service's; it can answer
+    given statuses first, redirect, or hold requests until released."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.secret: str | None = None
+        self.received: list[Received] = []
+        self.forged: list[bytes] = []  # bodies whose signature did not verify
+        self.answers: list[int] = []  # statuses to answer first, in turn; then 204
+        self.hold: asyncio.Event | None = None  # when set, requests wait for it
+        self.held = 0  # requests waiting on hold
+        self.redirected = 0  # requests that followed a redirect
+        self._runner: web.AppRunner | None = None
+
+    def of_type(self, event_type: str) -> list[Received]:
+        return [received for received in self.received if received.payload["type"] == event_type]
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        assert self.secret is not None
+        try:
+            payload = Webhook(self.secret).verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            self.forged.append(body)
+            return web.Response(status=400)
+        assert request.headers["Content-Type"] == "application/json"
+        self.received.append(Received(request.headers["webhook-id"], payload, time.monotonic(), time.time()))
+        if self.hold is not None:
+            self.held += 1
+            await self.hold.wait()
+        status = self.answers.pop(0) if self.answers else 204
+        if 300 <= status < 400:
+            return web.Response(
+                status=status, headers={"Location": f"http://127.0.0.1:{self.port}/elsewhere"}
+            )
+        return web.Response(status=status)
+
+    async def _elsewhere(self, request: web.Request) -> web.Response:
+        self.redirected += 1
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        app.router.add_route("*", "/elsewhere", self._elsewhere)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()

@@ -61,11 +61,30 @@ def test_better_auth_secret_is_the_fallback_name() -> None:
         ({**PROVIDER, "AUTH_JWKS_URL": "app.example.com/jwks"}, "AUTH_JWKS_URL must be"),
         ({**PROVIDER, "AUTH_ALGORITHMS": "EdDSA,HS256"}, "AUTH_ALGORITHMS"),
         ({**PROVIDER, "AUTH_ALGORITHMS": "none"}, "AUTH_ALGORITHMS"),
+        ({"WEBHOOK_RETRY_SCHEDULE": "5,soon"}, "WEBHOOK_RETRY_SCHEDULE"),
+        ({"WEBHOOK_RETRY_SCHEDULE": "5,,10"}, "WEBHOOK_RETRY_SCHEDULE"),
+        ({"WEBHOOK_RETRY_SCHEDULE": "0"}, "WEBHOOK_RETRY_SCHEDULE"),
+        ({"WEBHOOK_RETRY_SCHEDULE": "nan"}, "WEBHOOK_RETRY_SCHEDULE"),
+        ({"WEBHOOK_RETRY_SCHEDULE": "90000"}, "WEBHOOK_RETRY_SCHEDULE"),
+        ({"WEBHOOK_DISABLE_AFTER": "0"}, "WEBHOOK_DISABLE_AFTER"),
+        ({"WEBHOOK_RETENTION_DAYS": "0"}, "WEBHOOK_RETENTION_DAYS"),
+        ({"WEBHOOK_ALLOW_PRIVATE": "sometimes"}, "WEBHOOK_ALLOW_PRIVATE"),
+        ({"WEBHOOK_POLL_SECONDS": "0"}, "WEBHOOK_POLL_SECONDS"),
     ],
 )
 def test_bad_values_name_the_variable(change: dict, named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env({**BASE, **change})
+
+
+def test_webhook_settings() -> None:
+    settings = Settings.from_env(BASE)
+    assert settings.webhook_retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert (settings.webhook_disable_after, settings.webhook_retention_days) == (432000, 7)
+    assert settings.webhook_allow_private is False
+    shrunk = Settings.from_env({**BASE, "WEBHOOK_RETRY_SCHEDULE": " 1, 1,2 ", "WEBHOOK_ALLOW_PRIVATE": "1"})
+    assert shrunk.webhook_retry_schedule == (1, 1, 2)
+    assert shrunk.webhook_allow_private is True
 
 
 def test_an_identity_provider_is_configured_by_three_settings_together() -> None:

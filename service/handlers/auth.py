@@ -29,6 +29,7 @@ from service.schemas import (
     load_body,
     task_document,
     user_document,
+    webhook_document,
 )
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ async def export_account(request: web.Request) -> web.Response:
         identity = await queries.get_identity(conn, user_id=user_id)
         sessions = await queries.list_sessions(conn, user_id=user_id)
         api_tokens = await queries.list_api_tokens(conn, user_id=user_id)
+        webhooks = await queries.list_webhooks(conn, user_id=user_id)
     if user is None or identity is None:
         raise unauthorized("The token's user no longer exists.")
     head = {
@@ -206,6 +208,7 @@ async def export_account(request: web.Request) -> web.Response:
         ),
         "sessions": [dict(row.items()) for row in sessions],
         "api_tokens": [api_token_document(row) for row in api_tokens],
+        "webhooks": [webhook_document(row) for row in webhooks],  # never their secrets
     }
     # A body that aiohttp writes chunk by chunk once every middleware has added its headers.
     return web.Response(
