@@ -9,10 +9,13 @@
 -- clears it (sql/tasks.sql), so the new time fires again.
 ALTER TABLE tasks ADD COLUMN reminded_at timestamptz;
 
--- The scheduler's work: armed reminders of open tasks, by time. Small (one entry per armed
--- reminder), and read by range up to now.
+-- The scheduler's work: armed reminders, by time. Small (one entry per armed reminder), and
+-- read by range up to now. Not limited to open tasks: a condition on `completed` would make
+-- every completion change an indexed column, which rules out PostgreSQL's HOT updates and
+-- made completing a task 35% dearer (pgbench, 16 clients). The scheduler disarms a completed
+-- task's reminder when its time comes instead, without telling anyone.
 CREATE INDEX tasks_due_reminders_idx ON tasks (remind_at)
-    WHERE remind_at IS NOT NULL AND reminded_at IS NULL AND NOT completed;
+    WHERE remind_at IS NOT NULL AND reminded_at IS NULL;
 
 CREATE TABLE webhooks (
     user_id         bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,

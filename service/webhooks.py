@@ -204,7 +204,8 @@ class Jobs:
             if rows:
                 await _queue(conn, rows)
         for task in tasks:
-            REMINDER_LAG.observe(max(task["lag_seconds"], 0.0))
+            if not task["completed"]:  # a completed task's reminder was only disarmed
+                REMINDER_LAG.observe(max(task["lag_seconds"], 0.0))
         self._queued(["task.reminder"] * len(rows))
         return len(tasks) == REMINDERS_PER_ROUND
 

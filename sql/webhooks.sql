@@ -106,13 +106,14 @@ FROM unnest(:user_ids::bigint[], :webhook_ids::bigint[], :upto::bigint[]) AS r (
 WHERE w.user_id = r.user_id AND w.id = r.id;
 
 -- name: fire_reminders(limit)
--- Reminder scheduler: mark due reminders of open tasks fired, claiming the tasks with SKIP
--- LOCKED (so each fires once, whatever runs this at the same time), and return each task with
--- the subscriptions to tell. It is not a change of the task: updated_at stays, and no change is
--- recorded. How late each fires, in lag_seconds.
+-- Reminder scheduler: mark due reminders fired, claiming the tasks with SKIP LOCKED (so each
+-- fires once, whatever runs this at the same time), and return each task with the
+-- subscriptions to tell: none for a completed task, whose reminder is only disarmed. It is not
+-- a change of the task: updated_at stays, and no change is recorded. How late each fires, in
+-- lag_seconds.
 WITH due AS (
     SELECT user_id, id FROM tasks
-    WHERE remind_at <= statement_timestamp() AND remind_at IS NOT NULL AND reminded_at IS NULL AND NOT completed
+    WHERE remind_at <= statement_timestamp() AND remind_at IS NOT NULL AND reminded_at IS NULL
     ORDER BY remind_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -126,6 +127,7 @@ SELECT fired.*,
        extract(epoch FROM statement_timestamp() - fired.remind_at)::float8 AS lag_seconds,
        ARRAY(SELECT w.id FROM webhooks w
              WHERE w.user_id = fired.user_id AND w.enabled AND 'task.reminder' = ANY (w.events)
+               AND NOT fired.completed
              ORDER BY w.id) AS webhook_ids
 FROM fired;
 
