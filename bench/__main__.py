@@ -43,7 +43,7 @@ from bench.report import (
     save_json,
     save_plot,
 )
-from bench.seed import Dataset, SeedError, SeedPlan, seed
+from bench.seed import Dataset, SeedError, SeedPlan, forget_later_tasks, seed
 from bench.service_process import ServiceError, ServiceProcess, free_port
 from bench.webhooks import WEBHOOK_SCENARIOS, Receiver, delivery_counts, subscribe_everyone
 from bench.wrk import WrkError, find_wrk, run_wrk
@@ -431,6 +431,7 @@ def execute(run: Run, server_url: str | None) -> None:
         dataset.write_scenario_data(data_file)
         dataset.write_deletable_tasks(deletable_file)
         _bare(run, database_url, secret, data_file, work_dir)
+        forget_later_tasks(database_url, dataset)
         log.info("starting the service: %d workers, pool %d each", options.workers, options.pool_size)
         service = ServiceProcess(
             database_url=database_url, jwt_secret=secret, workers=options.workers,

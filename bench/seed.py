@@ -5,6 +5,8 @@ import dataclasses
 import random
 from pathlib import Path
 
+import psycopg
+
 from service.auth import mint_token
 from service.seed import SeededUser
 from service.seed import seed as service_seed
@@ -119,3 +121,29 @@ def seed(database_url: str, plan: SeedPlan, secret: str, token_ttl_seconds: int)
         if user.first_task_id != expected or user.user_id - dataset.first_user_id >= plan.users:
             raise SeedError(f"user {user.user_id}'s tasks do not start at id {expected}")
     return dataset
+
+
+def forget_later_tasks(database_url: str, dataset: Dataset) -> None:
+    """Put the ordinary users' tasks back as seeded: delete the ones made since (the bare app's
+    creates), with their changes, and count the rest again. The service's list row answers
+    every task of a user (the original contract's unpaged list), so without this it would list
+    the bare app's 60 or so extra tasks a user too, and its ÷ bare would measure page sizes."""
+    user_ids = [user.user_id for user in dataset.users]
+    last_ids = [user.last_task_id for user in dataset.users]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            WITH seeded AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[]) AS s (user_id, last_id)),
+            gone AS (
+                DELETE FROM tasks USING seeded
+                WHERE tasks.user_id = seeded.user_id AND tasks.id > seeded.last_id
+            ),
+            forgotten AS (
+                DELETE FROM task_changes USING seeded
+                WHERE task_changes.user_id = seeded.user_id AND task_changes.task_id > seeded.last_id
+            )
+            UPDATE task_counters SET tasks = %s FROM seeded WHERE task_counters.user_id = seeded.user_id
+            """,
+            (user_ids, last_ids, dataset.tasks_per_user),
+        )
+        conn.execute("VACUUM ANALYZE tasks, task_changes, task_counters")
