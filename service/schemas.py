@@ -12,6 +12,7 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 from yarl import URL
 
+from service.auth import BIGINT_MAX
 from service.errors import Problem
 from service.keys import SETTINGS
 from service.listing import DEFAULT_ORDER
@@ -611,6 +612,15 @@ def _loaded_query(schema: QueryString, raw_query_string: str) -> dict[str, Any]:
             given[name] = values[0]
     result: dict[str, Any] = schema.load(given)
     return result
+
+
+def path_id(request: web.Request, name: str) -> int | None:
+    """The id in the path segment `name` (its route lets only digits through), or None for one
+    beyond bigint, which no row has: PostgreSQL would refuse it, and int() 4,300 digits."""
+    raw = request.match_info[name]
+    if len(raw) > len(str(BIGINT_MAX)) or int(raw) > BIGINT_MAX:
+        return None
+    return int(raw)
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

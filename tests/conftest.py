@@ -157,6 +157,17 @@ def raw_status(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of this test's own, to crash at will; durable, as in production."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    migrate(server.start())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def database_url(pg_server_url: str) -> Iterator[str]:
     """This session's own database, migrated to head."""

@@ -5,7 +5,6 @@ import asyncio
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,23 +15,10 @@ import pytest
 
 from service.app import create_app
 from service.auth import mint_token
-from service.db import migrate
 from service.devdb import EmbeddedPostgres
 from service.keys import PG_POOL
 from service.settings import Settings
 from tests.conftest import TEST_SECRET, ApiClient, fresh_database, running_service
-
-
-@pytest.fixture
-def private_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL server of this test's own, to crash at will; durable, as in production."""
-    server = EmbeddedPostgres(tmp_path / "pg")
-    migrate(server.start())
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 CRASHES = 8
 

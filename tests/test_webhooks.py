@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -629,30 +628,19 @@ async def test_sigterm_leaves_an_unanswered_delivery_to_be_sent_again(
     assert not receiver.forged
 
 
-@pytest.fixture
-def crashable_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL server of this test's own, to crash at will."""
-    server = EmbeddedPostgres(tmp_path / "pg")
-    migrate(server.start())
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_the_jobs_go_on_by_themselves_after_a_database_outage(
-    aiohttp_client: Any, crashable_server: EmbeddedPostgres, receiver: Receiver
+    aiohttp_client: Any, private_server: EmbeddedPostgres, receiver: Receiver
 ) -> None:
-    api = await _service(aiohttp_client, crashable_server.url, db_acquire_timeout=1.0)
-    alice = await user_in(crashable_server.url)
+    api = await _service(aiohttp_client, private_server.url, db_acquire_timeout=1.0)
+    alice = await user_in(private_server.url)
     await _subscribe(api, alice, receiver)
     before = (await api.post(alice.tasks, token=alice.token, json={"title": "before"})).json
     await until(lambda: len(receiver.received) == 1)
     due = (await api.post(alice.tasks, token=alice.token, json={"title": "due", "remind_at": _in(2)})).json
     await until(lambda: len(receiver.received) == 2)
-    await asyncio.to_thread(crashable_server.stop, "immediate")  # as in a crash
+    await asyncio.to_thread(private_server.stop, "immediate")  # as in a crash
     await asyncio.sleep(3)  # the reminder comes due meanwhile, and every job fails a few rounds
-    await asyncio.to_thread(crashable_server.start, crashable_server.port)
+    await asyncio.to_thread(private_server.start, private_server.port)
     deadline = time.monotonic() + 20
     while (answer := await api.post(alice.tasks, token=alice.token, json={"title": "after"})).status != 201:
         assert answer.status == 503 and time.monotonic() < deadline

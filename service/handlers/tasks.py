@@ -12,7 +12,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from service.auth import BIGINT_MAX, unauthorized
+from service.auth import unauthorized
 from service.conditions import if_match, list_etag, none_match, not_modified, precondition_failed, task_etag
 from service.cursors import next_page_link
 from service.db import connection, queries
@@ -31,6 +31,7 @@ from service.schemas import (
     json_response,
     load_body,
     load_query,
+    path_id,
     task_document,
 )
 
@@ -48,11 +49,10 @@ _UPDATABLE = (
 
 def task_id_from(request: web.Request) -> int:
     """The task id in the path; 404 for one beyond bigint, which no task has."""
-    raw = request.match_info["task_id"]
-    # No task has an id beyond bigint; PostgreSQL would refuse it, and int() refuses 4,300 digits.
-    if len(raw) > len(str(BIGINT_MAX)) or int(raw) > BIGINT_MAX:
-        raise _not_found(raw)
-    return int(raw)
+    task_id = path_id(request, "task_id")
+    if task_id is None:
+        raise _not_found(request.match_info["task_id"])
+    return task_id
 
 
 def _not_found(task_id: int | str) -> Problem:

@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 from marshmallow import ValidationError
 
-from service.auth import BIGINT_MAX, unauthorized
+from service.auth import unauthorized
 from service.db import connection, queries
 from service.errors import Problem
 from service.keys import SETTINGS, USER_ID, WEBHOOK_WAKE
@@ -19,6 +19,7 @@ from service.schemas import (
     json_response,
     load_body,
     load_query,
+    path_id,
     webhook_document,
 )
 from service.ssrf import RefusedUrl, check_url
@@ -29,10 +30,10 @@ MAX_WEBHOOKS = 10  # per account
 
 def _webhook_id(request: web.Request) -> int:
     """The subscription id in the path; 404 for one beyond bigint, which none has."""
-    raw = request.match_info["webhook_id"]
-    if len(raw) > len(str(BIGINT_MAX)) or int(raw) > BIGINT_MAX:
-        raise _not_found(raw)
-    return int(raw)
+    webhook_id = path_id(request, "webhook_id")
+    if webhook_id is None:
+        raise _not_found(request.match_info["webhook_id"])
+    return webhook_id
 
 
 def _not_found(webhook_id: int | str) -> Problem:
